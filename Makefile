@@ -1,0 +1,40 @@
+# mirai-lab: every target installs what it needs into .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUDGET ?= standard
+SEEDS ?= 3
+WORKERS ?= 1
+RESULTS ?= results
+
+.PHONY: install test test-all lint bench demo reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-all clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps animal-mnist==0.4
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check mirai_lab tests benchmarks
+
+demo: $(STAMP)
+	$(BIN)/mirai-lab train --budget quick
+
+bench: $(STAMP)
+	$(BIN)/mirai-lab bench --out benchmarks
+
+reproduce-table%: $(STAMP)
+	$(BIN)/mirai-lab reproduce table$* --budget $(BUDGET) --seeds $(SEEDS) --workers $(WORKERS) --results-dir $(RESULTS)
+
+reproduce-all: reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4
+
+clean:
+	rm -rf $(VENV) results/runs results/cache results/sweeps

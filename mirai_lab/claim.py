@@ -1,0 +1,380 @@
+"""Share one ordered list of runs among many worker processes through an Optuna storage.
+
+Why Optuna: sweeps on a cluster already need a database every machine can reach for tuning
+(DESIGN section 6). Claiming runs through the same storage means one thing to deploy, no
+home-made lock files, and optuna-dashboard shows which run is where: a sweep is an ordinary
+study named ``mirai-lab-sweep:<sweep>``, each claim an ordinary trial whose user attr
+``run_id`` names the run.
+
+Mutual exclusion rests on two operations that Optuna storages make atomic:
+
+- trial creation: the trials of a study are numbered in creation order, and a trial is
+  visible to every reader once its creation has returned (RDB: creation locks the study
+  row; journal: the order of the log);
+- popping a WAITING trial: WAITING -> RUNNING succeeds for exactly one caller
+  (RDB: ``SELECT ... FOR UPDATE``; journal: the first log line wins).
+
+To claim run R, a worker pops R's lowest WAITING trial, creating one first if R has none,
+then checks that no *lower-numbered* trial of R is live. If one is, two workers raced and
+the lower trial wins: this one is withdrawn (PRUNED). Live states (WAITING, RUNNING,
+COMPLETE, counted failure) only ever end in states that are not live, so a trial that a
+later claimer saw as not live can never run again, and the earliest claimer never sees the
+later ones: at most one claim of a run runs at a time, without a retry loop.
+
+Trial states, as the dashboard shows them:
+
+- WAITING: a claim being taken (or left by a worker that died while taking it; adopted).
+- RUNNING: held; the holder records a heartbeat every ``heartbeat_s`` seconds.
+- COMPLETE: done, never handed out again; the value is the claim's wall time in seconds.
+- FAIL with user attr ``error``: the run failed; not retried unless ``retry_failed``.
+- FAIL without ``error``: the holder missed its heartbeats for the grace period and is
+  presumed dead (Optuna's ``fail_stale_trials``, run at every ``claim``); the run is
+  claimable again.
+- PRUNED: a withdrawn duplicate or a released claim; the run is claimable again.
+
+Storages: a journal file (the default: several processes on one machine, or a shared file
+system), PostgreSQL (many machines) and SQLite (one process only: SQLite ignores the row
+lock the pop relies on). Optuna's RDB storage has heartbeats built in; its journal storage
+has none in this version, so :class:`HeartbeatJournalStorage` adds Optuna's heartbeat
+interface to it, keeping the beat in a trial system attr. Both then work with Optuna's own
+``fail_stale_trials`` and with ``Study.optimize`` (tuning shares this module's storages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, fail_stale_trials
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from mirai_lab.errors import UserError
+
+RUN_ID_KEY = "run_id"
+ERROR_KEY = "error"
+NOTE_KEY = "note"
+WORKER_KEY = "worker"
+HEARTBEAT_KEY = "mirai_lab:heartbeat"
+STUDY_PREFIX = "mirai-lab-sweep:"
+SCHEMA_ATTEMPTS = 5
+GRACE_BEATS = 3
+"""A holder is presumed dead after this many missed heartbeats, not one: a loaded machine
+may delay a beat, and a false verdict makes a second worker train the same run."""
+
+STORAGE_FORMS = "journal:PATH, sqlite:///PATH (one process only) or postgresql://USER@HOST[:PORT]/DB"
+
+_log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    """Optuna marks heartbeats and metric names experimental; the warning says nothing to users."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A journal storage with Optuna's heartbeat interface, which the journal lacks.
+
+    The beat is a trial system attr holding the writer's wall clock, so every process that
+    reads the journal sees it; the clocks of processes sharing one file agree well enough
+    for a grace period of seconds. A RUNNING trial that never beat is never stale, as in
+    ``RDBStorage``.
+    """
+
+    def __init__(self, backend: JournalFileBackend, heartbeat_interval: int, grace_period: int) -> None:
+        super().__init__(backend)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT_KEY, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        return [t._trial_id for t in running if now - t.system_attrs.get(HEARTBEAT_KEY, now) > self.grace_period]
+
+    def get_heartbeat_interval(self) -> int:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> None:
+        return None
+
+
+def open_storage(url: str | None, default_journal: Path, *, heartbeat_s: int = 30) -> BaseStorage:
+    """Open the storage named by ``--storage`` with heartbeats every ``heartbeat_s`` seconds.
+
+    None means a journal file at ``default_journal``; ``journal:PATH`` a journal file
+    elsewhere; ``sqlite:///PATH`` and ``postgresql://...`` an RDB storage. A holder is
+    presumed dead after ``GRACE_BEATS * heartbeat_s`` seconds without a beat. The heartbeat
+    belongs to the storage, not to the queue, because that is where Optuna keeps it: a
+    tuning study opened here recovers from dead workers the same way.
+    """
+    if heartbeat_s < 1:
+        raise UserError(f"heartbeat interval {heartbeat_s!r} s: expected a whole number of seconds >= 1")
+    grace = GRACE_BEATS * heartbeat_s
+    if url is None:
+        return _open_journal(Path(default_journal), heartbeat_s, grace)
+    scheme, _, rest = url.partition(":")
+    if scheme == "journal" and rest:
+        return _open_journal(Path(rest).expanduser(), heartbeat_s, grace)
+    if scheme == "sqlite" and rest.startswith("///") and len(rest) > 3:
+        return _open_rdb(url, heartbeat_s, grace)
+    if scheme.split("+")[0] == "postgresql" and rest.startswith("//"):
+        if scheme in ("postgresql", "postgresql+psycopg2"):
+            if importlib.util.find_spec("psycopg2") is None:
+                raise UserError(
+                    f"storage {_redacted(url)} needs the PostgreSQL driver: pip install mirai-lab[postgres]"
+                )
+            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+            url = "postgresql+psycopg2:" + rest
+        return _open_rdb(url, heartbeat_s, grace)
+    raise UserError(f"storage URL {url!r} not understood: expected {STORAGE_FORMS}")
+
+
+def _open_journal(path: Path, heartbeat_s: int, grace: int) -> HeartbeatJournalStorage:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return HeartbeatJournalStorage(JournalFileBackend(str(path)), heartbeat_s, grace)
+
+
+def _open_rdb(url: str, heartbeat_s: int, grace: int) -> RDBStorage:
+    """Open an RDB storage, creating its tables on first use.
+
+    Workers started together on an empty database all create Optuna's tables at once, and
+    all but one fail on the duplicates; a retry finds the tables there and goes on.
+    """
+    attempt = 1
+    while True:
+        try:
+            with _quiet_experimental():
+                return RDBStorage(
+                    url,
+                    # A worker may train for hours between two reads on its main thread.
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=grace,
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+            if attempt == SCHEMA_ATTEMPTS:
+                raise _storage_error(url, err) from err
+            time.sleep(0.2 * attempt)
+            attempt += 1
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            raise _storage_error(url, err) from err
+
+
+def _storage_error(url: str, err: sqlalchemy.exc.SQLAlchemyError) -> UserError:
+    reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    return UserError(f"cannot open storage {_redacted(url)}: {reason}")
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, fit for an error message."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+class Claim:
+    """One worker's hold on one run, kept alive by a heartbeat thread until a verdict.
+
+    The thread records a beat every heartbeat interval while the run trains, so the caller
+    needs no cooperation from the training loop. It is a daemon: a worker that exits or is
+    killed without a verdict stops beating and its run is claimed again after the grace
+    period. ``done``, ``failed`` and ``release`` return False when the claim had already been
+    lost (this worker was presumed dead and another may be re-running the run).
+    """
+
+    def __init__(self, storage: BaseStorage, trial_id: int, trial_number: int, run_id: str) -> None:
+        self.run_id = run_id
+        self.trial_number = trial_number
+        self._storage = storage
+        self._trial_id = trial_id
+        self._started = time.monotonic()
+        self._closed = threading.Event()
+        interval = storage.get_heartbeat_interval()
+        self._thread = threading.Thread(target=self._beat, args=(interval,), name=f"heartbeat-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except UpdateFinishedTrialError:
+                _log.warning("run %s: presumed dead by another worker; it may be re-run there", self.run_id)
+                return
+            except Exception as err:  # a transient storage error must not stop the beats
+                _log.warning("run %s: heartbeat failed (%s); retrying", self.run_id, err)
+
+    def done(self) -> bool:
+        """The run finished: it is never handed out again."""
+        return self._close(TrialState.COMPLETE, {}, [time.monotonic() - self._started])
+
+    def failed(self, message: str) -> bool:
+        """The run failed with ``message``: not retried unless a queue asks for ``retry_failed``."""
+        return self._close(TrialState.FAIL, {ERROR_KEY: message}, None)
+
+    def release(self) -> bool:
+        """Give the run back without a verdict (e.g. on Ctrl-C): claimable again at once."""
+        return self._close(TrialState.PRUNED, {NOTE_KEY: "released by its worker"}, None)
+
+    def _close(self, state: TrialState, attrs: dict[str, str], values: list[float] | None) -> bool:
+        if self._closed.is_set():
+            raise RuntimeError(f"the claim of run {self.run_id} is already closed")
+        self._closed.set()
+        self._thread.join()
+        try:
+            for key, value in attrs.items():
+                self._storage.set_trial_user_attr(self._trial_id, key, value)
+            self._storage.set_trial_state_values(self._trial_id, state, values)
+        except UpdateFinishedTrialError:
+            _log.warning("run %s: the claim was lost before its verdict; another worker took over", self.run_id)
+            return False
+        return True
+
+
+class RunQueue:
+    """The runs of one sweep, handed out once each to any number of workers.
+
+    ``run_ids`` is the sweep's ordered list (duplicates are dropped); runs are claimed in
+    that order. ``is_finished(run_id)`` says whether a run's results already exist: such
+    runs are never claimed. A run that failed (``Claim.failed``) is not claimed again;
+    with ``retry_failed`` the failures recorded before this queue was opened are forgiven
+    once, while a run that fails again during this queue's life stays failed.
+    """
+
+    def __init__(
+        self,
+        storage: BaseStorage,
+        sweep_name: str,
+        run_ids: list[str],
+        is_finished: Callable[[str], bool],
+        *,
+        retry_failed: bool = False,
+    ) -> None:
+        if not (isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval()):
+            raise ValueError("RunQueue needs a storage with heartbeats; open it with open_storage()")
+        self.run_ids = list(dict.fromkeys(run_ids))
+        self.study_name = STUDY_PREFIX + sweep_name
+        self._storage = storage
+        self._is_finished = is_finished
+        self._study = optuna.create_study(
+            storage=storage, study_name=self.study_name, direction="minimize", load_if_exists=True
+        )
+        with _quiet_experimental():
+            self._study.set_metric_names(["wall_s"])
+        self._study_id = storage.get_study_id_from_name(self.study_name)
+        self._forgiven: set[int] = set()
+        if retry_failed:
+            self._forgiven = {
+                t.number for trials in self._trials_by_run().values() for t in trials if self._is_failure(t)
+            }
+
+    def claim(self, *, wait: bool = False, poll_s: float | None = None) -> Claim | None:
+        """Take the first run that is neither finished, done, failed nor held by a live worker.
+
+        Returns None when no run can be taken now. Without ``wait`` that includes runs held
+        by other workers; with ``wait`` it polls every ``poll_s`` seconds (default: the
+        heartbeat interval) while others hold runs, since a holder may die and its run come
+        back, and returns None only once every run is finished, done or failed. Never wait
+        while this process holds a claim of the same sweep: it would wait for itself.
+        """
+        poll = self._storage.get_heartbeat_interval() if poll_s is None else poll_s
+        while True:
+            with _quiet_experimental():
+                fail_stale_trials(self._study)
+            trials = self._trials_by_run()
+            held_elsewhere = False
+            for run_id in self.run_ids:
+                state = self._state(trials[run_id])
+                held_elsewhere |= state == "running"
+                if state != "pending" or self._is_finished(run_id):
+                    continue
+                claim = self._take(run_id, trials[run_id])
+                if claim is not None:
+                    return claim
+                held_elsewhere = True
+            if not (wait and held_elsewhere):
+                return None
+            time.sleep(poll)
+
+    def states(self) -> dict[str, str]:
+        """Each run's state, for progress: finished, done, failed, running or pending.
+
+        "finished" is the caller's word (``is_finished``) for a run the storage has no
+        verdict on; "done" and "failed" are verdicts recorded through a claim.
+        """
+        states = {}
+        for run_id, trials in self._trials_by_run().items():
+            state = self._state(trials)
+            states[run_id] = "finished" if state == "pending" and self._is_finished(run_id) else state
+        return states
+
+    def _take(self, run_id: str, trials: list[FrozenTrial]) -> Claim | None:
+        waiting = [t.number for t in trials if t.state == TrialState.WAITING]
+        if waiting:
+            trial_id = self._storage.get_trial_id_from_study_id_trial_number(self._study_id, waiting[0])
+        else:
+            template = create_trial(state=TrialState.WAITING, user_attrs={RUN_ID_KEY: run_id})
+            trial_id = self._storage.create_new_trial(self._study_id, template_trial=template)
+        try:
+            # Beat before the pop, so that a RUNNING claim always has a beat that can go stale.
+            self._storage.record_heartbeat(trial_id)
+            if not self._storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                return None
+        except UpdateFinishedTrialError:
+            return None
+        number = self._storage.get_trial(trial_id).number
+        rivals = [t.number for t in self._trials_by_run()[run_id] if t.number < number and self._is_live(t)]
+        if rivals:
+            self._storage.set_trial_user_attr(
+                trial_id, NOTE_KEY, f"withdrawn: trial {rivals[0]} claimed this run first"
+            )
+            self._storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+            return None
+        self._storage.set_trial_user_attr(trial_id, WORKER_KEY, f"{socket.gethostname()}:{os.getpid()}")
+        return Claim(self._storage, trial_id, number, run_id)
+
+    def _trials_by_run(self) -> dict[str, list[FrozenTrial]]:
+        """This sweep's trials grouped by run, in creation order; trials of other runs ignored."""
+        by_run: dict[str, list[FrozenTrial]] = {run_id: [] for run_id in self.run_ids}
+        for trial in sorted(self._storage.get_all_trials(self._study_id, deepcopy=False), key=lambda t: t.number):
+            run_id = trial.user_attrs.get(RUN_ID_KEY)
+            if run_id in by_run:
+                by_run[run_id].append(trial)
+        return by_run
+
+    def _state(self, trials: list[FrozenTrial]) -> str:
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            return "done"
+        if any(self._is_failure(t) and t.number not in self._forgiven for t in trials):
+            return "failed"
+        if any(t.state == TrialState.RUNNING for t in trials):
+            return "running"
+        return "pending"
+
+    def _is_live(self, trial: FrozenTrial) -> bool:
+        """Whether the trial holds (or will hold, or did settle) its run, barring later claims."""
+        if trial.state in (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE):
+            return True
+        return self._is_failure(trial) and trial.number not in self._forgiven
+
+    @staticmethod
+    def _is_failure(trial: FrozenTrial) -> bool:
+        return trial.state == TrialState.FAIL and ERROR_KEY in trial.user_attrs

@@ -1,0 +1,162 @@
+"""The `mirai-lab` command line: one thin command per verb; the logic lives in the modules.
+
+Every user mistake is a `UserError` (or a usage error from the parser): one line on stderr,
+exit code 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Does foresight help my AR image model, where, and how much?")
+console = Console(stderr=True)
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")]
+BudgetOpt = Annotated[str | None, typer.Option(help="Run length: smoke | quick | standard.")]
+ResultsOpt = Annotated[Path | None, typer.Option("--results-dir", envvar="MIRAI_LAB_RESULTS",
+                                                 help="Results directory (default ./results).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def _root(results_dir: Path | None) -> Path:
+    from .store import results_root
+
+    return results_root(results_dir)
+
+
+def _emit(obj: Any, as_json: bool, line: str) -> None:
+    if as_json:
+        print(json.dumps(obj, sort_keys=True, default=str))
+    else:
+        console.print(line, highlight=False)
+
+
+@app.command()
+def prepare(
+    set_: SetOpt = None,
+    budget: BudgetOpt = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train and cache the tokenizer (and token codes) of the configured data set."""
+    from .config import build_config, parse_set
+    from .data.tokens import prepare_tokens
+    from .store import cache_dir
+
+    cfg = build_config(None, parse_set(set_ or []), budget)
+    data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(_root(results_dir)))
+    info = {"dataset": cfg.data.dataset, "images": len(data.codes), "train": len(data.train_idx),
+            "val": len(data.val_idx), "grid": list(data.grid), "codebook": data.vocab_size,
+            "recon_mse_val": round(data.recon_mse, 5), "cache_key": data.key}
+    _emit(info, as_json, f"tokenizer {data.key}: {cfg.data.dataset} {info['images']} images -> "
+          f"{data.grid[0]}x{data.grid[1]} grid, {data.vocab_size} codes, validation pixel MSE {data.recon_mse:.4f}")
+
+
+@app.command()
+def train(
+    spec: Annotated[Path | None, typer.Argument(help="TOML spec (tables data, model, train, foresight, eval).")] = None,
+    set_: SetOpt = None,
+    budget: BudgetOpt = None,
+    seed: Annotated[int | None, typer.Option(help="Shortcut for --set train.seed=N.")] = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train one run (or resume it, or report it if it is already done)."""
+    from .config import build_config, load_spec_file, parse_set
+    from .progress import run_with_progress
+
+    overrides = parse_set(set_ or [])
+    if seed is not None:
+        overrides["train.seed"] = seed
+    cfg = build_config(load_spec_file(spec) if spec else None, overrides, budget)
+    final, run_path, skipped = run_with_progress(cfg, _root(results_dir), quiet=as_json)
+    summary = {k: v for k, v in final.items() if not isinstance(v, dict)}
+    head = "already done" if skipped else "done"
+    metrics = ", ".join(f"{k} {final[k]:.4g}" for k in ("val_nll", "fid_domain", "is_domain", "class_acc")
+                        if k in final)
+    _emit({**summary, "run_dir": str(run_path), "skipped": skipped}, as_json,
+          f"run {final['run_id']} {head}: {metrics}; wall {final.get('wall_s', 0):.0f}s -> {run_path}")
+
+
+@app.command()
+def sample(
+    run: Annotated[str, typer.Argument(help="Run id or run directory.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of samples.")] = 64,
+    cfg_scale: Annotated[float | None, typer.Option("--cfg", help="CFG scale (default: the run's eval.cfg_scale).")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output PNG.")] = Path("samples.png"),
+    results_dir: ResultsOpt = None,
+) -> None:
+    """Draw class-conditional samples from a run's EMA weights into a PNG grid."""
+    import torch
+
+    from .evaluate.evaluator import write_sample_grid
+    from .runs import load_trained
+
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {str(out)!r}: expected a .png path")
+    cfg, model, data = load_trained(run, _root(results_dir))
+    labels = torch.arange(n) % data.num_classes
+    from .model.sample import sample_tokens
+
+    e = cfg.eval
+    codes = sample_tokens(model, labels, e.cfg_scale if cfg_scale is None else cfg_scale, e.temperature, e.top_k,
+                          e.top_p, generator=torch.Generator().manual_seed(seed))
+    write_sample_grid(data.tokenizer.decode(codes), labels, data.num_classes, out,
+                      per_class=max(1, -(-n // data.num_classes)))
+    console.print(f"{n} samples of run {run} -> {out}")
+
+
+@app.command(name="eval")
+def eval_(
+    run: Annotated[str | None, typer.Argument(help="Run id or directory (omit with --floors).")] = None,
+    floors_: Annotated[bool, typer.Option("--floors", help="Print the real-vs-real / noise floors.")] = False,
+    n: Annotated[int | None, typer.Option("--n", min=2, help="Sample count (default: eval.n_samples_final).")] = None,
+    extractor: Annotated[str | None, typer.Option(help="domain | inception-v3-compat")] = None,
+    set_: SetOpt = None,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recompute a run's final metrics, or print the floors of the data set."""
+    from .runs import eval_floors, eval_run
+
+    root = _root(results_dir)
+    if extractor is not None and extractor not in ("domain", "inception-v3-compat"):
+        raise UserError(f"--extractor {extractor!r}: expected domain or inception-v3-compat")
+    if run is None and not floors_:
+        raise UserError("give a RUN to evaluate, or --floors")
+    if run is not None:
+        out = eval_run(run, root, n, extractor)
+        _emit(out, as_json, json.dumps(out, indent=2, default=str))
+    if floors_:
+        out = eval_floors(root, set_ or [], n)
+        _emit(out, as_json, json.dumps(out, indent=2, default=str))
+
+
+def main() -> None:
+    """Entry point: user errors and usage errors become one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        console.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(2)
+    except click.exceptions.UsageError as exc:
+        console.print(f"error: {exc.format_message()}", highlight=False, markup=False)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished runs and checkpoints are kept; run the same command to resume")
+        sys.exit(130)

@@ -1,0 +1,406 @@
+"""Typed run configuration: dataclasses, TOML specs, dotted --set overrides, validation.
+
+A run is fully described by one `RunConfig`; its resolved JSON (budget and preset applied)
+is hashed into the run id, so anything that changes the result must live here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .presets import MODEL_PRESETS, budget_overrides, llamagen_ffn_hidden
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "animal-mnist"  # animal-mnist | digits | synthetic | codes
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    codes_dir: str = ""  # LlamaGen code folder (dataset = codes)
+    features_dir: str = ""  # pre-extracted encoder features for codes (Mirai-I at scale)
+
+
+@dataclass
+class TokenizerConfig:
+    patch: int = 4  # pixels per token side: 28x28 -> 7x7 grid
+    codebook_size: int = 512
+    iters: int = 25
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "cpu-s"
+    n_layer: int = 0  # 0 = from preset
+    dim: int = 0
+    n_head: int = 0
+    ffn_hidden: int = 0
+    token_dropout: float = 0.1
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    class_dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    precision: str = "fp32"  # fp32 | bf16
+    eval_every: int = 200
+    seed: int = 0
+    threads: int = 0  # 0 = all cores
+
+
+@dataclass
+class ForesightConfig:
+    source: str = "none"  # none | ema | static | bidirectional
+    encoder: str = "mtm"  # mtm | pixel-ae | dinov2 (source = bidirectional)
+    visibility: str = "full"  # full | number of future rows the encoder sees
+    encoder_weights: str = ""  # local DINOv2 checkpoint (encoder = dinov2)
+    static_checkpoint: str = ""  # run id or checkpoint path (source = static)
+    injection: str = "internal"  # internal | output | mtp
+    layout: str = "2d"  # 1d | 2d | 2d-wide
+    k: int = 3
+    student_block: int = 0  # 1-based block whose output is aligned; 0 = 2/3 of depth
+    teacher_block: int = 0  # 0 = same as student_block
+    align_index: str = "read"  # read | predict
+    coef: float = 2.0
+    head_coefs: list[float] = field(default_factory=list)  # per-head override of coef
+    schedule: str = "constant"  # constant | delayed | step | cosine
+    warmup_steps: int = 0  # alignment off before this step
+    step_at: float = 0.5  # fraction of the run where `step` multiplies by step_factor
+    step_factor: float = 0.5
+    projector_dim: int = 0  # 0 = model width
+
+
+@dataclass
+class EvalConfig:
+    metrics: bool = True  # domain metrics at every eval point (val NLL is always logged)
+    n_samples: int = 250
+    n_samples_final: int = 1000
+    cfg_scale: float = 2.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    extractor: str = "domain"  # domain | inception-v3-compat
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    foresight: ForesightConfig = field(default_factory=ForesightConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    budget: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name != "budget"}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("animal-mnist", "digits", "synthetic", "codes"),
+    "model.preset": tuple(MODEL_PRESETS),
+    "train.lr_schedule": ("constant", "cosine"),
+    "train.precision": ("fp32", "bf16"),
+    "foresight.source": ("none", "ema", "static", "bidirectional"),
+    "foresight.encoder": ("mtm", "pixel-ae", "dinov2"),
+    "foresight.injection": ("internal", "output", "mtp"),
+    "foresight.layout": ("1d", "2d", "2d-wide"),
+    "foresight.align_index": ("read", "predict"),
+    "foresight.schedule": ("constant", "delayed", "step", "cosine"),
+    "eval.extractor": ("domain", "inception-v3-compat"),
+}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert a TOML value or a --set string to the field's type, or say what was expected."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    raise UserError(f"{key}={value!r}: expected a list like [2.0, 1.0]") from None
+            else:
+                value = [v for v in text.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise UserError(f"{key}={value!r}: expected a list")
+        return [_coerce(key, v, inner) for v in value]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"{key}={value!r}: expected true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}={value!r}: expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UserError(f"{key}={value!r}: expected an integer")
+    if typ is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}={value!r}: expected a number")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{key}={value!r}: expected a number")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key}={value!r}: expected a string")
+    raise TypeError(f"unsupported config type {typ}")  # a bug in this module, not user input
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> None:
+    """Apply dotted `section.key = value` overrides in place, checking keys and types."""
+    for dotted, value in overrides.items():
+        if dotted == "budget":
+            cfg.budget = _coerce("budget", value, str)
+            continue
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise UserError(
+                f"unknown config key {dotted!r}; expected section.key with section in {', '.join(SECTIONS)}"
+            )
+        obj = getattr(cfg, section)
+        types_ = _field_types(type(obj))
+        if key not in types_:
+            raise UserError(f"unknown config key {dotted!r}; {section} has {', '.join(types_)}")
+        setattr(obj, key, _coerce(dotted, value, types_[key]))
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables -> dotted keys (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set a.b=c` strings -> dict; values stay strings and are coerced per field."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected section.key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"spec file {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"spec file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def build_config(
+    spec: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    budget: str | None = None,
+) -> RunConfig:
+    """Defaults <- budget <- spec tables <- overrides, then preset resolution and validation.
+
+    The budget comes from the explicit argument, else the spec's or overrides' `budget`.
+    Budget values come first so that a spec or --set can still change, e.g., the steps.
+    """
+    spec_flat = flatten(spec or {})
+    overrides = dict(overrides or {})
+    name = budget or overrides.get("budget") or spec_flat.get("budget") or ""
+    cfg = RunConfig()
+    if name:
+        apply_overrides(cfg, budget_overrides(str(name)))
+        cfg.budget = str(name)
+    spec_flat.pop("budget", None)
+    overrides.pop("budget", None)
+    apply_overrides(cfg, spec_flat)
+    apply_overrides(cfg, overrides)
+    resolve(cfg)
+    validate(cfg)
+    return cfg
+
+
+def resolve(cfg: RunConfig) -> None:
+    """Fill the zero-means-derived fields so that the saved config is explicit."""
+    m = cfg.model
+    if m.preset not in MODEL_PRESETS:
+        raise UserError(f"model.preset={m.preset!r}: expected one of {', '.join(MODEL_PRESETS)}")
+    n_layer, dim, n_head, multiple = MODEL_PRESETS[m.preset]
+    m.n_layer = m.n_layer or n_layer
+    m.dim = m.dim or dim
+    m.n_head = m.n_head or n_head
+    m.ffn_hidden = m.ffn_hidden or llamagen_ffn_hidden(m.dim, multiple)
+    f = cfg.foresight
+    if f.source != "none" or f.injection == "mtp":
+        if f.student_block == 0:
+            f.student_block = m.n_layer if f.injection == "output" else max(1, round(2 * m.n_layer / 3))
+        if f.teacher_block == 0:
+            f.teacher_block = f.student_block
+        if f.projector_dim == 0:
+            f.projector_dim = m.dim
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise UserError(message)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject impossible values and incompatible combinations with one line each."""
+    flat = flatten(cfg.to_dict())
+    for key, allowed in CHOICES.items():
+        _check(flat[key] in allowed, f"{key}={flat[key]!r}: expected one of {', '.join(allowed)}")
+    m, t, f, e, d = cfg.model, cfg.train, cfg.foresight, cfg.eval, cfg.data
+    _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction}: expected 0 < value < 1")
+    _check(d.dataset != "codes" or bool(d.codes_dir), "data.dataset='codes' needs data.codes_dir")
+    _check(cfg.tokenizer.patch >= 1, f"tokenizer.patch={cfg.tokenizer.patch}: expected >= 1")
+    _check(cfg.tokenizer.codebook_size >= 2, "tokenizer.codebook_size: expected >= 2")
+    _check(m.n_layer >= 1, f"model.n_layer={m.n_layer}: expected >= 1")
+    _check(m.dim % m.n_head == 0, f"model.dim={m.dim} is not divisible by model.n_head={m.n_head}")
+    _check((m.dim // m.n_head) % 4 == 0, f"model.dim/n_head={m.dim // m.n_head}: 2D RoPE needs a multiple of 4")
+    for name in ("token_dropout", "resid_dropout", "ffn_dropout", "class_dropout"):
+        value = getattr(m, name)
+        _check(0.0 <= value < 1.0, f"model.{name}={value}: expected 0 <= value < 1")
+    _check(t.steps >= 1, f"train.steps={t.steps}: expected >= 1")
+    _check(t.batch_size >= 1, f"train.batch_size={t.batch_size}: expected >= 1")
+    _check(t.lr > 0, f"train.lr={t.lr}: expected > 0")
+    _check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay={t.ema_decay}: expected 0 <= value < 1")
+    _check(t.eval_every >= 1, f"train.eval_every={t.eval_every}: expected >= 1")
+    _check(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}: expected >= 0")
+    _check(t.threads >= 0, f"train.threads={t.threads}: expected >= 0")
+    _check(e.n_samples >= 2 and e.n_samples_final >= 2, "eval.n_samples and eval.n_samples_final: expected >= 2")
+    _check(e.temperature > 0, f"eval.temperature={e.temperature}: expected > 0")
+    _check(0.0 < e.top_p <= 1.0, f"eval.top_p={e.top_p}: expected 0 < value <= 1")
+    _check(e.top_k >= 0, f"eval.top_k={e.top_k}: expected >= 0")
+    _validate_foresight(f, m, t)
+
+
+def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> None:
+    active = f.source != "none" or f.injection == "mtp"
+    if not active:
+        _check(
+            f.student_block == 0 and f.teacher_block == 0 and not f.head_coefs,
+            "foresight.source='none' takes no student_block, teacher_block or head_coefs "
+            "(set foresight.source, or foresight.injection='mtp')",
+        )
+        return
+    if f.injection == "mtp":
+        _check(f.source == "none", f"foresight.injection='mtp' predicts tokens; foresight.source={f.source!r} "
+               "must be 'none'")
+    _check(f.k >= 1, f"foresight.k={f.k}: expected >= 1")
+    _check(1 <= f.student_block <= m.n_layer,
+           f"foresight.student_block={f.student_block}: expected 1..{m.n_layer} (model.n_layer)")
+    if f.injection == "internal":
+        _check(f.student_block < m.n_layer,
+               f"foresight.student_block={f.student_block}: injection='internal' needs a block < "
+               f"model.n_layer={m.n_layer} (use injection='output' for the last block)")
+    if f.injection == "output":
+        _check(f.student_block == m.n_layer,
+               f"foresight.student_block={f.student_block}: injection='output' aligns the last block "
+               f"({m.n_layer})")
+    if f.source in ("ema", "static"):
+        _check(1 <= f.teacher_block <= m.n_layer,
+               f"foresight.teacher_block={f.teacher_block}: expected 1..{m.n_layer}")
+    _check(f.coef >= 0, f"foresight.coef={f.coef}: expected >= 0")
+    _check(not f.head_coefs or len(f.head_coefs) == f.k,
+           f"foresight.head_coefs has {len(f.head_coefs)} values; expected k={f.k}")
+    _check(all(c >= 0 for c in f.head_coefs), "foresight.head_coefs: expected values >= 0")
+    _check(f.warmup_steps >= 0, f"foresight.warmup_steps={f.warmup_steps}: expected >= 0")
+    _check(f.schedule != "delayed" or f.warmup_steps > 0,
+           "foresight.schedule='delayed' needs foresight.warmup_steps > 0")
+    _check(f.warmup_steps < t.steps,
+           f"foresight.warmup_steps={f.warmup_steps}: alignment would never start (train.steps={t.steps})")
+    _check(0.0 < f.step_at < 1.0, f"foresight.step_at={f.step_at}: expected a fraction 0 < value < 1")
+    _check(f.step_factor >= 0, f"foresight.step_factor={f.step_factor}: expected >= 0")
+    _check(f.projector_dim >= 1, f"foresight.projector_dim={f.projector_dim}: expected >= 1")
+    _check(f.source != "static" or bool(f.static_checkpoint),
+           "foresight.source='static' needs foresight.static_checkpoint (a run id or checkpoint path)")
+    if f.source == "bidirectional":
+        _check(f.visibility == "full" or f.visibility.isdigit(),
+               f"foresight.visibility={f.visibility!r}: expected 'full' or a number of future rows")
+        _check(f.encoder != "dinov2" or bool(f.encoder_weights),
+               "foresight.encoder='dinov2' needs foresight.encoder_weights (a local checkpoint path)")
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """A train spec: run tables at top level (data, model, train, foresight, eval, budget)."""
+    spec = read_toml(path)
+    unknown = set(spec) - set(SECTIONS) - {"budget"}
+    if unknown:
+        raise UserError(f"spec {str(path)!r}: unknown table(s) {', '.join(sorted(unknown))}; "
+                        f"expected {', '.join(SECTIONS)}, budget")
+    return spec
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """Rebuild a saved (resolved) config, e.g. config.json of a run."""
+    cfg = RunConfig()
+    budget = d.get("budget", "")
+    apply_overrides(cfg, {k: v for k, v in flatten({k: v for k, v in d.items() if k != "budget"}).items()})
+    cfg.budget = budget
+    resolve(cfg)
+    validate(cfg)
+    return cfg
+
+
+def grid_of(cfg: RunConfig, image_size: tuple[int, int]) -> tuple[int, int]:
+    """Token grid for an image size and the tokenizer's patch."""
+    h, w = image_size
+    p = cfg.tokenizer.patch
+    if h % p or w % p:
+        raise UserError(f"tokenizer.patch={p} does not divide the {h}x{w} images")
+    return h // p, w // p
+

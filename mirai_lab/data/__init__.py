@@ -1,0 +1,1 @@
+"""Image sets, the VQ tokenizer and cached token codes."""

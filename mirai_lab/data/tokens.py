@@ -1,0 +1,73 @@
+"""The tokenized data set a run trains on, built once per (data, tokenizer) and cached.
+
+The cache key hashes the image contents and every tokenizer setting, so a changed data set
+or codebook size can never be served stale codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig, TokenizerConfig
+from ..errors import UserError
+from ..store import CorruptFile, content_hash, load_tensors, save_tensors, tensor_hash
+from .images import ImageSet, load_images, split_indices
+from .tokenizer import PatchTokenizer, fit_codebook, to_patches
+
+
+@dataclass
+class TokenData:
+    """Everything a run needs from the data side, in memory."""
+
+    key: str  # cache hash: identifies data + split + tokenizer
+    images: ImageSet
+    codes: torch.Tensor  # (N, G) int64, raster order
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    tokenizer: PatchTokenizer
+    recon_mse: float  # validation pixel MSE of decode(encode(x)): the tokenizer ceiling
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.tokenizer.grid
+
+    @property
+    def num_classes(self) -> int:
+        return self.images.num_classes
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+
+def prepare_tokens(data: DataConfig, tok: TokenizerConfig, cache: Path) -> TokenData:
+    images = load_images(data.dataset)
+    h, w = images.size
+    if h % tok.patch or w % tok.patch:
+        raise UserError(f"tokenizer.patch={tok.patch} does not divide the {h}x{w} images of {data.dataset}")
+    grid = (h // tok.patch, w // tok.patch)
+    train_idx, val_idx = split_indices(len(images.labels), data.val_fraction, data.split_seed)
+    settings = {"data": data.dataset, "val_fraction": data.val_fraction, "split_seed": data.split_seed,
+                "patch": tok.patch, "codebook_size": tok.codebook_size, "iters": tok.iters, "seed": tok.seed,
+                "images": tensor_hash(images.images, images.labels), "version": 1}
+    key = content_hash(settings)
+    path = cache / f"tokens-{key}.pt"
+    if path.exists():
+        try:
+            blob = load_tensors(path)
+            tokenizer = PatchTokenizer(blob["codebook"], tok.patch, grid)
+            return TokenData(key, images, blob["codes"], train_idx, val_idx, tokenizer, float(blob["recon_mse"]))
+        except (CorruptFile, KeyError):
+            path.unlink(missing_ok=True)  # rebuilt below
+    train_patches = to_patches(images.images[train_idx], tok.patch)
+    codebook = fit_codebook(train_patches.reshape(-1, train_patches.shape[-1]), tok.codebook_size, tok.iters,
+                            tok.seed)
+    tokenizer = PatchTokenizer(codebook, tok.patch, grid)
+    codes = tokenizer.encode(images.images)
+    val = images.images[val_idx]
+    recon_mse = float(((tokenizer.decode(codes[val_idx]) - val) ** 2).mean())
+    save_tensors(path, {"codebook": codebook, "codes": codes, "recon_mse": torch.tensor(recon_mse)})
+    return TokenData(key, images, codes, train_idx, val_idx, tokenizer, recon_mse)

@@ -1,0 +1,147 @@
+"""What a run measures during and after training, on the EMA weights.
+
+In training (every eval interval): validation NLL always; with `eval.metrics` the domain
+metrics and class accuracy of `eval.n_samples` CFG samples. At the end: the same at
+`eval.n_samples_final`, the 2D-structure score, and the floors at that sample count, so a
+reader of final.json can tell signal from noise. Samples use a fixed generator seed at
+every evaluation (common random numbers), so two runs differ by their models only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.utils import make_grid
+
+from ..config import RunConfig
+from ..data.tokens import TokenData
+from ..model.gpt import GPT
+from ..model.sample import sample_tokens
+from ..store import atomic_path, content_hash, write_json
+from .classifier import train_domain_classifier
+from .fidelity import class_accuracy, domain_metrics, floors, inception_metrics
+from .structure import structure_map, structure_score
+
+SAMPLE_SEED = 1234
+SAMPLE_CHUNK = 500
+
+
+class Evaluator:
+    def __init__(self, cfg: RunConfig, data: TokenData, cache: Path) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.cache = cache
+        self._classifier = None
+        self._reference: dict[int, torch.Tensor] = {}
+
+    @property
+    def classifier(self) -> Any:
+        if self._classifier is None:
+            d = self.data
+            imgs, labels = d.images.images, d.images.labels
+            self._classifier = train_domain_classifier(imgs[d.train_idx], labels[d.train_idx], imgs[d.val_idx],
+                                                       labels[d.val_idx], d.num_classes, self.cache)
+        return self._classifier
+
+    def reference(self, n: int) -> torch.Tensor:
+        """n real training-split images (a fixed seeded subset): the FID reference set."""
+        if n not in self._reference:
+            idx = self.data.train_idx
+            pick = torch.randperm(len(idx), generator=torch.Generator().manual_seed(0))[:n]
+            self._reference[n] = self.data.images.images[idx[pick]]
+        return self._reference[n]
+
+    @torch.no_grad()
+    def val_nll(self, model: GPT) -> float:
+        model.eval()
+        idx = self.data.val_idx
+        total, count = 0.0, 0
+        for i in range(0, len(idx), SAMPLE_CHUNK):
+            b = idx[i : i + SAMPLE_CHUNK]
+            x, y = self.data.codes[b], self.data.images.labels[b]
+            logits, _ = model(x[:, :-1], y)
+            total += float(F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="sum"))
+            count += x.numel()
+        return total / count
+
+    @torch.no_grad()
+    def samples(self, model: GPT, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.cfg.eval
+        labels = torch.arange(n) % self.data.num_classes
+        g = torch.Generator().manual_seed(SAMPLE_SEED)
+        codes = torch.cat([sample_tokens(model, labels[i : i + SAMPLE_CHUNK], e.cfg_scale, e.temperature, e.top_k,
+                                         e.top_p, generator=g) for i in range(0, n, SAMPLE_CHUNK)])
+        return self.data.tokenizer.decode(codes), labels
+
+    def sample_metrics(self, model: GPT, n: int) -> dict[str, float]:
+        images, labels = self.samples(model, n)
+        if self.cfg.eval.extractor == "inception-v3-compat":
+            out = inception_metrics(images, self.reference(n))
+        else:
+            out = domain_metrics(images, self.reference(n), self.classifier)
+        out["class_acc"] = class_accuracy(images, labels, self.classifier)
+        return out
+
+    def in_training(self, model: GPT, step: int) -> dict[str, float]:
+        row = {"val_nll": self.val_nll(model)}
+        if self.cfg.eval.metrics:
+            row.update(self.sample_metrics(model, self.cfg.eval.n_samples))
+        return row
+
+    def floors(self, n: int) -> dict[str, Any]:
+        """real-vs-real, tokenizer ceiling and real-vs-noise at n samples, cached per data + classifier."""
+        key = content_hash({"data": self.data.key, "classifier": self.classifier.weights_hash, "n": n})
+        path = self.cache / f"floors-{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        d = self.data
+        val = d.images.images[d.val_idx][:n]
+        decoded = d.tokenizer.decode(d.codes[d.val_idx][:n])
+        out = floors(d.images.images[d.train_idx], val, decoded, self.classifier, min(n, len(val)))
+        write_json(path, out)
+        return out
+
+    @torch.no_grad()
+    def structure(self, model: GPT, block: int, path: Path) -> float:
+        """2D-structure score of block `block` on validation images (cell-indexed read states)."""
+        model.eval()
+        b = self.data.val_idx[:256]
+        _, hidden = model(self.data.codes[b], self.data.images.labels[b], hidden_blocks=(block,), stop_after=block)
+        states = hidden[block][:, 1:].float()
+        h, w = self.data.grid
+        structure_map(states, h, w, path)
+        return structure_score(states, h, w)
+
+    def final(self, model: GPT, run_dir: Path, step: int) -> dict[str, Any]:
+        n = self.cfg.eval.n_samples_final
+        f = self.cfg.foresight
+        block = f.student_block or max(1, round(2 * model.shape.n_layer / 3))
+        out: dict[str, Any] = {"val_nll": self.val_nll(model)}
+        images, labels = self.samples(model, n)
+        write_sample_grid(images, labels, self.data.num_classes, run_dir / "samples.png")
+        if self.cfg.eval.metrics:
+            out.update(self.sample_metrics(model, n))
+            out["floors"] = self.floors(n)
+            out["classifier_val_acc"] = self.classifier.val_accuracy
+        out["structure_block"] = block
+        out["structure_score"] = self.structure(model, block, run_dir / "structure.png")
+        out["tokenizer_mse"] = self.data.recon_mse
+        out["n_samples_final"] = n
+        return out
+
+
+def write_sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, path: Path,
+                      per_class: int = 8, scale: int = 3) -> None:
+    """A row per class, the first `per_class` samples of each, upscaled for viewing."""
+    rows = [images[labels == c][:per_class] for c in range(num_classes)]
+    picked = torch.cat([r for r in rows if len(r)])
+    grid = make_grid(picked, nrow=per_class, padding=1, pad_value=0.5)
+    grid = F.interpolate(grid[None], scale_factor=scale, mode="nearest")[0]
+    array = (grid[0].clamp(0, 1) * 255).round().byte().numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")

@@ -1,0 +1,122 @@
+"""Bidirectional foresight encoders for Mirai-I, trained once in-project and cached.
+
+- `mtm`: masked-token modelling on the same token grid the AR model sees (a BERT/MaskGIT
+  style encoder: the in-project analogue of a semantic encoder such as DINOv2);
+- `pixel-ae`: a masked autoencoder over the same pixel patches, reconstructing pixels (the
+  MAE analogue; the paper finds pixel reconstruction a poor foresight source).
+Either may be trained with a block-causal visibility mask: a cell in row r sees rows
+<= r + b. Features are the final normed states of every cell, extracted once for every
+image and stored in fp16, so Mirai-I reads a table during AR training instead of running
+an encoder.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.tokenizer import to_patches
+from ..data.tokens import TokenData
+from ..errors import UserError
+from ..model.gpt import GPTShape, RMSNorm, TransformerBlock, rope_2d
+from ..store import CorruptFile, content_hash, load_tensors, save_tensors
+
+ENCODER_SETTINGS = {"n_layer": 4, "dim": 128, "n_head": 4, "steps": 400, "batch_size": 64, "lr": 1e-3,
+                    "mask_min": 0.15, "mask_max": 0.75, "seed": 0, "version": 1}
+
+
+def visibility_mask(grid: tuple[int, int], visibility: str) -> torch.Tensor | None:
+    """(N, N) bool, True where cell i may attend to cell j; None for full visibility."""
+    if visibility == "full":
+        return None
+    h, w = grid
+    rows = torch.arange(h * w) // w
+    return rows[None, :] <= rows[:, None] + int(visibility)
+
+
+class BidirectionalEncoder(nn.Module):
+    """Pre-norm transformer over the grid (2D RoPE, no class token), masked-input trained."""
+
+    def __init__(self, kind: str, grid: tuple[int, int], in_dim: int, out_dim: int, mask: torch.Tensor | None,
+                 n_layer: int, dim: int, n_head: int) -> None:
+        super().__init__()
+        self.kind = kind
+        shape = GPTShape(vocab_size=1, num_classes=1, grid=grid, n_layer=n_layer, dim=dim, n_head=n_head,
+                         ffn_hidden=4 * dim, token_dropout=0.0, resid_dropout=0.0, ffn_dropout=0.0)
+        # tokens: an embedding table with one extra [MASK] row; pixels: a linear patch embedding
+        self.embed = nn.Embedding(in_dim + 1, dim) if kind == "mtm" else nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.blocks = nn.ModuleList(TransformerBlock(shape) for _ in range(n_layer))
+        self.norm = RMSNorm(dim)
+        self.head = nn.Linear(dim, out_dim)
+        self.register_buffer("rope", rope_2d(grid, dim // n_head, cls_tokens=0), persistent=False)
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def features(self, x: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.embed(x)
+        if masked is not None:
+            h = torch.where(masked[..., None], self.mask_token.to(h.dtype), h)
+        for block in self.blocks:
+            h = block(h, self.rope, mask=self.attn_mask)
+        return self.norm(h)
+
+
+def _inputs(kind: str, data: TokenData, idx: torch.Tensor) -> torch.Tensor:
+    if kind == "mtm":
+        return data.codes[idx]
+    return to_patches(data.images.images[idx], data.tokenizer.patch)
+
+
+def _train_encoder(kind: str, data: TokenData, visibility: str, s: dict) -> BidirectionalEncoder:
+    g = torch.Generator().manual_seed(s["seed"])
+    torch.manual_seed(s["seed"])
+    in_dim = data.vocab_size if kind == "mtm" else data.tokenizer.patch ** 2
+    out_dim = data.vocab_size if kind == "mtm" else in_dim
+    enc = BidirectionalEncoder(kind, data.grid, in_dim, out_dim, visibility_mask(data.grid, visibility),
+                               s["n_layer"], s["dim"], s["n_head"])
+    opt = torch.optim.AdamW(enc.parameters(), lr=s["lr"], weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / s["steps"])))
+    train_idx = data.train_idx
+    for _ in range(s["steps"]):
+        idx = train_idx[torch.randint(len(train_idx), (s["batch_size"],), generator=g)]
+        x = _inputs(kind, data, idx)
+        ratio = s["mask_min"] + (s["mask_max"] - s["mask_min"]) * torch.rand(x.shape[0], 1, generator=g)
+        masked = torch.rand(x.shape[:2], generator=g) < ratio
+        out = enc.head(enc.features(x, masked))
+        if kind == "mtm":
+            loss = F.cross_entropy(out[masked], x[masked])
+        else:
+            loss = F.mse_loss(out[masked], x[masked])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return enc.eval()
+
+
+def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path) -> torch.Tensor:
+    """(N_images, N_cells, d) fp16 features of every image, from the cache when present."""
+    if kind == "dinov2":
+        raise UserError("foresight.encoder='dinov2' reads pre-extracted features: run "
+                        "`mirai-lab prepare --encoder dinov2 ...` and set data.features_dir")
+    settings = dict(ENCODER_SETTINGS, kind=kind, visibility=visibility, data=data.key)
+    key = content_hash(settings)
+    path = cache / f"features-{kind}-{key}.pt"
+    if path.exists():
+        try:
+            return load_tensors(path)["features"]
+        except (CorruptFile, KeyError):
+            path.unlink(missing_ok=True)
+    fork = torch.random.fork_rng()  # keep the caller's RNG stream untouched
+    with fork:
+        enc = _train_encoder(kind, data, visibility, settings)
+        all_idx = torch.arange(len(data.codes))
+        with torch.no_grad():
+            feats = torch.cat([enc.features(_inputs(kind, data, all_idx[i : i + 500])).half()
+                               for i in range(0, len(all_idx), 500)])
+    save_tensors(path, {"features": feats})
+    return feats

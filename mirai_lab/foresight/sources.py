@@ -1,0 +1,91 @@
+"""Where foresight targets come from: cell-indexed features f[b, m] for every grid cell m.
+
+The teacher feature of cell m is the teacher's state after it has read x_m (position m+1
+of the full sequence), so a target always contains the content of its own cell. Teachers
+run without gradient and in eval mode (no dropout, no class dropout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..model.gpt import GPT
+from ..store import CorruptFile, load_tensors
+
+
+class TargetSource:
+    """Gives (B, N, d_t) targets for a batch; `dim` is d_t."""
+
+    dim: int
+
+    def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TeacherSource(TargetSource):
+    """Mirai-E (online EMA) or a static frozen model, read at block `block`."""
+
+    def __init__(self, teacher: GPT, block: int) -> None:
+        self.teacher = teacher
+        self.block = block
+        self.dim = teacher.shape.dim
+
+    @torch.no_grad()
+    def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        was_training = self.teacher.training
+        self.teacher.eval()
+        _, hidden = self.teacher(tokens, labels, hidden_blocks=(self.block,), stop_after=self.block)
+        self.teacher.train(was_training)
+        return hidden[self.block][:, 1:]
+
+
+class FeatureTableSource(TargetSource):
+    """Mirai-I: pre-extracted encoder features looked up by image index."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+        self.dim = int(features.shape[-1])
+
+    def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.features[index].float()
+
+
+def resolve_checkpoint(ref: str, results: Path) -> Path:
+    """A run id under <results>/runs or a path to a checkpoint file."""
+    candidate = results / "runs" / ref / "checkpoint.pt"
+    if candidate.is_file():
+        return candidate
+    path = Path(ref)
+    if path.is_file():
+        return path
+    raise UserError(f"checkpoint {ref!r} not found: expected a run id under {results / 'runs'} or a file path")
+
+
+def load_gpt_weights(model: GPT, path: Path, prefer_ema: bool = True) -> None:
+    """Load a LlamaGen-layout checkpoint ({"model": sd[, "ema": sd]}) into `model`.
+
+    The EMA entry is taken when present and preferred (LlamaGen's released weights and ours
+    keep it there). Missing or mismatched keys are named in the error.
+    """
+    try:
+        blob = load_tensors(path)
+    except CorruptFile as exc:
+        raise UserError(str(exc)) from None
+    if not isinstance(blob, dict) or not ({"model", "ema"} & set(blob)):
+        raise UserError(f"{path}: expected a LlamaGen-layout checkpoint with a 'model' (or 'ema') entry")
+    state = blob["ema"] if prefer_ema and "ema" in blob else blob["model"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise UserError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing)")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise UserError(f"{path}: key {key!r} has shape {tuple(state[key].shape)}, "
+                            f"the model expects {tuple(value.shape)}")
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise UserError(f"{path}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
+    model.load_state_dict(state)

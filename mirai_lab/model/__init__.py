@@ -1,0 +1,1 @@
+"""The LlamaGen-compatible class-conditional GPT."""

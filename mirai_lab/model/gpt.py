@@ -1,0 +1,223 @@
+"""A class-conditional GPT over raster VQ tokens, shaped like LlamaGen's c2i model.
+
+Same blocks (pre-norm RMSNorm, SwiGLU, bias-free linears, 2D RoPE), same class-token
+handling and the same state-dict names and shapes, so a LlamaGen checkpoint loads as is.
+Two LlamaGen conventions are kept on purpose because checkpoints depend on them:
+- the class token occupies sequence position 0 and its rotary factors are zero, which
+  zeroes its query and key (it still contributes its value to every position);
+- the class table has one extra row, the null class used for class dropout and CFG.
+Foresight needs the residual stream after any block, so `forward` can return it and stop
+early (a teacher that only needs block l_t never runs the blocks above it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GPTShape:
+    vocab_size: int
+    num_classes: int
+    grid: tuple[int, int]
+    n_layer: int
+    dim: int
+    n_head: int
+    ffn_hidden: int
+    token_dropout: float = 0.1
+    resid_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    class_dropout: float = 0.1
+
+    @property
+    def n_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_2d(grid: tuple[int, int], head_dim: int, base: float = 10000.0, cls_tokens: int = 1) -> torch.Tensor:
+    """(cls_tokens + H*W, head_dim/2, 2) cos/sin table: first half of the pairs encodes the
+    row, second half the column; class positions get zeros (LlamaGen's convention)."""
+    quarter = head_dim // 4
+    freqs = 1.0 / (base ** (torch.arange(0, 2 * quarter, 2)[:quarter].float() / (head_dim // 2)))
+    h, w = grid
+    rows = torch.arange(h, dtype=torch.float32)[:, None, None] * freqs  # (H, 1, q)
+    cols = torch.arange(w, dtype=torch.float32)[None, :, None] * freqs  # (1, W, q)
+    angles = torch.cat([rows.expand(h, w, quarter), cols.expand(h, w, quarter)], dim=-1).reshape(h * w, -1)
+    table = torch.stack([angles.cos(), angles.sin()], dim=-1)
+    return torch.cat([torch.zeros(cls_tokens, head_dim // 2, 2), table])
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, H, D); table: (T, D/2, 2). Rotates adjacent pairs of channels."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    t = table[None, :, None]
+    out = torch.stack(
+        [xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1], xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1
+    )
+    return out.flatten(3).type_as(x)
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        shape = (batch, n_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, s: GPTShape) -> None:
+        super().__init__()
+        self.n_head = s.n_head
+        self.head_dim = s.dim // s.n_head
+        self.wqkv = nn.Linear(s.dim, 3 * s.dim, bias=False)
+        self.wo = nn.Linear(s.dim, s.dim, bias=False)
+        self.resid_dropout = nn.Dropout(s.resid_dropout)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal unless `mask` (bool, True = may attend) is given, as bidirectional encoders do."""
+        b, t, d = x.shape
+        q, k, v = self.wqkv(x).split(d, dim=-1)
+        q = apply_rope(q.view(b, t, self.n_head, self.head_dim), rope).transpose(1, 2)
+        k = apply_rope(k.view(b, t, self.n_head, self.head_dim), rope).transpose(1, 2)
+        v = v.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            start = cache.length
+            cache.k[layer][:, :, start : start + t] = k
+            cache.v[layer][:, :, start : start + t] = v
+            keys, values = cache.k[layer][:, :, : start + t], cache.v[layer][:, :, : start + t]
+            mask = None
+            if t > 1:  # a multi-token chunk is causal within itself and sees the whole prefix
+                mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, s: GPTShape) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(s.dim, s.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(s.dim, s.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(s.ffn_hidden, s.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(s.ffn_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, s: GPTShape) -> None:
+        super().__init__()
+        self.attention = Attention(s)
+        self.feed_forward = FeedForward(s)
+        self.attention_norm = RMSNorm(s.dim)
+        self.ffn_norm = RMSNorm(s.dim)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, cache, layer, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with a trailing null row; class dropout replaces labels by the null row."""
+
+    def __init__(self, num_classes: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout = dropout
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
+        if train and self.dropout > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+class GPT(nn.Module):
+    def __init__(self, s: GPTShape) -> None:
+        super().__init__()
+        self.shape = s
+        self.tok_embeddings = nn.Embedding(s.vocab_size, s.dim)
+        self.cls_embedding = LabelEmbedder(s.num_classes, s.dim, s.class_dropout)
+        self.tok_dropout = nn.Dropout(s.token_dropout)
+        self.layers = nn.ModuleList(TransformerBlock(s) for _ in range(s.n_layer))
+        self.norm = RMSNorm(s.dim)
+        self.output = nn.Linear(s.dim, s.vocab_size, bias=False)
+        self.register_buffer("rope", rope_2d(s.grid, s.dim // s.n_head), persistent=False)
+        self.apply(self._init)
+        nn.init.zeros_(self.output.weight)  # LlamaGen starts from uniform logits
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor,
+        hidden_blocks: Sequence[int] = (),
+        stop_after: int | None = None,
+    ) -> tuple[torch.Tensor | None, dict[int, torch.Tensor]]:
+        """Sequence = [class, tokens...]; position i predicts token i.
+
+        tokens: (B, T) with T <= N (training passes x[:, :-1], a teacher passes all N).
+        Returns logits (B, 1+T, V) unless `stop_after` cuts the stack, and the residual
+        stream after each requested 1-based block (before the final norm).
+        """
+        x = torch.cat([self.cls_embedding(labels, self.training)[:, None], self.tok_embeddings(tokens)], dim=1)
+        x = self.tok_dropout(x)
+        rope = self.rope[: x.shape[1]]
+        hidden: dict[int, torch.Tensor] = {}
+        last = stop_after if stop_after is not None else len(self.layers)
+        for i, layer in enumerate(self.layers[:last], start=1):
+            x = layer(x, rope)
+            if i in hidden_blocks:
+                hidden[i] = x
+        if stop_after is not None:
+            return None, hidden
+        return self.output(self.norm(x)).float(), hidden
+
+    def step_logits(self, x_new: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run new embeddings through the stack with the cache; logits of the last position."""
+        start = cache.length
+        rope = self.rope[start : start + x_new.shape[1]]
+        x = x_new
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, cache, i)
+        cache.length += x_new.shape[1]
+        return self.output(self.norm(x[:, -1])).float()
+
+    def new_cache(self, batch: int) -> KVCache:
+        s = self.shape
+        p = self.tok_embeddings.weight
+        return KVCache(s.n_layer, batch, s.n_head, s.dim // s.n_head, 1 + s.n_tokens, p.dtype, p.device)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,71 @@
+"""Model sizes and run budgets.
+
+Budgets are lengths in optimizer steps, never wall time, so a run means the same thing on
+a laptop and on a cluster. The CPU numbers come from measurements on 2 cores (DESIGN
+section 5): 4 x 128 at 49 tokens trains at ~5.5 steps/s; 6 x 192 is ~2.5x slower but
+keeps improving for longer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# name -> (n_layer, dim, n_head, ffn_multiple_of). The SwiGLU width follows LlamaGen's
+# rule (2/3 of 4*dim rounded up to ffn_multiple_of); LlamaGen rounds to 256, which would
+# make the CPU models' FFN 4x wide, so they round to 32.
+MODEL_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (2, 64, 4, 32),
+    "cpu-s": (4, 128, 4, 32),
+    "cpu-m": (6, 192, 6, 32),
+    "gpt-b": (12, 768, 12, 256),
+    "gpt-l": (24, 1024, 16, 256),
+    "gpt-xl": (36, 1280, 20, 256),
+}
+
+# Each budget is a set of dotted overrides applied before the user's --set options.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "model.preset": "tiny",
+        "train.steps": 24,
+        "train.batch_size": 32,
+        "train.eval_every": 12,
+        "eval.n_samples": 64,
+        "eval.n_samples_final": 100,
+    },
+    "quick": {
+        "model.preset": "cpu-s",
+        "train.steps": 500,
+        "train.batch_size": 64,
+        "train.lr": 1e-3,
+        "train.lr_schedule": "cosine",
+        "train.warmup_steps": 50,
+        "train.eval_every": 100,
+        "eval.n_samples": 250,
+        "eval.n_samples_final": 1000,
+    },
+    "standard": {
+        "model.preset": "cpu-s",
+        "train.steps": 1000,
+        "train.batch_size": 64,
+        "train.lr": 1e-3,
+        "train.lr_schedule": "cosine",
+        "train.warmup_steps": 50,
+        "train.eval_every": 200,
+        "eval.n_samples": 250,
+        "eval.n_samples_final": 1000,
+    },
+}
+
+
+def budget_overrides(name: str) -> dict[str, Any]:
+    from .errors import UserError
+
+    if name not in BUDGETS:
+        raise UserError(f"unknown budget {name!r}; expected one of {', '.join(BUDGETS)}")
+    return dict(BUDGETS[name])
+
+
+def llamagen_ffn_hidden(dim: int, multiple_of: int = 256) -> int:
+    """SwiGLU width as LlamaGen computes it: 2/3 of 4*dim, rounded up to a multiple of 256."""
+    hidden = int(2 * (4 * dim) / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)

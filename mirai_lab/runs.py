@@ -1,0 +1,85 @@
+"""Runs as stored objects: execute-or-skip, load a trained run, re-evaluate it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, build_config, parse_set
+from .errors import UserError
+from .store import CorruptFile, cache_dir, read_json, run_dir, write_json
+
+
+def run_state(path: Path) -> str:
+    """pending / running / done / failed, from status.json (missing = pending)."""
+    try:
+        state = read_json(path / "status.json")["state"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return "pending"
+    if state == "done" and not (path / "final.json").exists():
+        return "running"
+    return state
+
+
+def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, float]], None] | None = None
+            ) -> tuple[dict[str, Any], Path, bool]:
+    """Train the run unless it is already done; returns (final, run dir, skipped)."""
+    from .train import Trainer, run_id_of
+
+    path = run_dir(root, run_id_of(cfg))
+    if run_state(path) == "done":
+        return read_json(path / "final.json"), path, True
+    final = Trainer(cfg, root, progress).run()
+    return final, path, False
+
+
+def load_trained(run: str, root: Path) -> tuple[RunConfig, Any, Any]:
+    """(config, EMA model, data) of a finished or checkpointed run."""
+    import torch
+
+    from .data.tokens import prepare_tokens
+    from .foresight.sources import load_gpt_weights
+    from .model.gpt import GPT
+    from .train import load_run_config, model_shape
+
+    cfg, path = load_run_config(root, run)
+    ckpt = path / "checkpoint.pt"
+    if not ckpt.exists():
+        raise UserError(f"run {run!r} has no checkpoint yet ({ckpt})")
+    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(root))
+    model = GPT(model_shape(cfg, data))
+    try:
+        load_gpt_weights(model, ckpt, prefer_ema=True)
+    except CorruptFile as exc:
+        raise UserError(str(exc)) from None
+    return cfg, model.eval(), data
+
+
+def eval_run(run: str, root: Path, n: int | None, extractor: str | None) -> dict[str, Any]:
+    """Recompute the final metrics of a run and rewrite its final.json (atomically)."""
+    from .evaluate.evaluator import Evaluator
+    from .train import load_run_config
+
+    cfg, model, data = load_trained(run, root)
+    if n is not None:
+        cfg.eval.n_samples_final = n
+    if extractor is not None:
+        cfg.eval.extractor = extractor
+    _, path = load_run_config(root, run)
+    old = read_json(path / "final.json") if (path / "final.json").exists() else {}
+    final = {**old, **Evaluator(cfg, data, cache_dir(root)).final(model, path, old.get("steps", 0))}
+    write_json(path / "final.json", final)
+    return final
+
+
+def eval_floors(root: Path, set_items: list[str], n: int | None) -> dict[str, Any]:
+    from .data.tokens import prepare_tokens
+    from .evaluate.evaluator import Evaluator
+
+    cfg = build_config(None, parse_set(set_items))
+    data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(root))
+    ev = Evaluator(cfg, data, cache_dir(root))
+    count = n or cfg.eval.n_samples_final
+    return {"n": count, "classifier_val_acc": ev.classifier.val_accuracy, **ev.floors(count)}

@@ -1,0 +1,65 @@
+import pytest
+
+from mirai_lab.config import build_config, parse_set
+from mirai_lab.errors import UserError
+
+
+def test_budget_then_overrides():
+    cfg = build_config(None, {"train.steps": "7"}, "quick")
+    assert cfg.train.steps == 7 and cfg.model.preset == "cpu-s" and cfg.budget == "quick"
+    assert (cfg.model.n_layer, cfg.model.dim, cfg.model.n_head, cfg.model.ffn_hidden) == (4, 128, 4, 352)
+
+
+def test_gpt_b_preset_matches_llamagen_sizes():
+    cfg = build_config(None, {"model.preset": "gpt-b"})
+    assert (cfg.model.n_layer, cfg.model.dim, cfg.model.n_head, cfg.model.ffn_hidden) == (12, 768, 12, 2048)
+    cfg = build_config(None, {"model.preset": "gpt-l"})
+    assert cfg.model.ffn_hidden == 2816
+    cfg = build_config(None, {"model.preset": "gpt-xl"})
+    assert cfg.model.ffn_hidden == 3584
+
+
+def test_foresight_defaults_resolve_to_two_thirds_depth():
+    cfg = build_config(None, {"model.preset": "gpt-b", "foresight.source": "ema"})
+    assert cfg.foresight.student_block == 8 and cfg.foresight.teacher_block == 8
+    assert cfg.foresight.projector_dim == 768
+
+
+def test_list_values_parse():
+    cfg = build_config(None, parse_set(["foresight.source=ema", "foresight.head_coefs=[2,1,1]"]))
+    assert cfg.foresight.head_coefs == [2.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"train.stepz": "3"}, "unknown config key 'train.stepz'"),
+        ({"nosection.x": "3"}, "unknown config key 'nosection.x'"),
+        ({"train.steps": "many"}, "train.steps='many': expected an integer"),
+        ({"train.lr": "-1"}, "train.lr=-1.0: expected > 0"),
+        ({"foresight.layout": "3d", "foresight.source": "ema"}, "foresight.layout='3d'"),
+        ({"foresight.student_block": "2"}, "foresight.source='none' takes no student_block"),
+        ({"foresight.source": "ema", "foresight.student_block": "4"}, "injection='internal' needs a block < "),
+        ({"foresight.source": "ema", "foresight.student_block": "9"}, "expected 1..4"),
+        ({"foresight.source": "ema", "foresight.k": "3", "foresight.head_coefs": "[1,2]"}, "expected k=3"),
+        ({"foresight.source": "static"}, "needs foresight.static_checkpoint"),
+        ({"foresight.source": "ema", "foresight.schedule": "delayed"}, "needs foresight.warmup_steps > 0"),
+        ({"foresight.injection": "mtp", "foresight.source": "ema"}, "must be 'none'"),
+        ({"model.dim": "130"}, "not divisible"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, needle):
+    with pytest.raises(UserError) as info:
+        build_config(None, overrides, "quick")
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_set_syntax():
+    with pytest.raises(UserError, match="expected section.key=value"):
+        parse_set(["train.steps"])
+
+
+def test_unknown_budget():
+    with pytest.raises(UserError, match="unknown budget 'huge'"):
+        build_config(None, None, "huge")
