@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
+from typer._click.exceptions import ClickException  # typer >= 0.20 vendors click
 
 from .errors import UserError
 
@@ -144,19 +144,51 @@ def eval_(
         _emit(out, as_json, json.dumps(out, indent=2, default=str))
 
 
+@app.command()
+def sweep(
+    axis: Annotated[str | None, typer.Option(help="Built-in axis: experiments/axes/<axis>.toml.")] = None,
+    experiment: Annotated[Path | None, typer.Option(help="Any experiment spec (TOML).")] = None,
+    set_: SetOpt = None,
+    budget: BudgetOpt = None,
+    seeds: Annotated[int | None, typer.Option(help="Number of seeds (0..n-1); default: the spec's.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Runs trained at once on this machine.")] = 1,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage shared by workers: journal:PATH, "
+                                                     "postgresql://... (default with --workers > 1: a journal "
+                                                     "file beside the manifest).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Train failed runs again.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the run table, do nothing.")] = False,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+    as_worker: Annotated[bool, typer.Option("--as-worker", hidden=True)] = False,
+) -> None:
+    """Expand an experiment over its axes and seeds and train every run once."""
+    from .sweep_cli import run_sweep
+
+    if (axis is None) == (experiment is None):
+        raise UserError("give exactly one of --axis NAME or --experiment FILE")
+    out = run_sweep(axis=axis, experiment=experiment, set_items=set_ or [], budget=budget, seeds=seeds,
+                    workers=workers, storage=storage, retry_failed=retry_failed, dry_run=dry_run,
+                    root=_root(results_dir), as_json=as_json, as_worker=as_worker, argv=sys.argv[1:])
+    if as_json and out is not None:
+        print(json.dumps(out, sort_keys=True, default=str))
+
+
 def main() -> None:
     """Entry point: user errors and usage errors become one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as exc:
-        console.print(f"error: {exc}", highlight=False, markup=False)
+        console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.UsageError as exc:
-        console.print(f"error: {exc.format_message()}", highlight=False, markup=False)
+    except ClickException as exc:
+        message = " ".join(exc.format_message().split())
+        console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         console.print("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
         console.print("interrupted: finished runs and checkpoints are kept; run the same command to resume")
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)

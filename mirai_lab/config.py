@@ -83,7 +83,7 @@ class ForesightConfig:
     coef: float = 2.0
     head_coefs: list[float] = field(default_factory=list)  # per-head override of coef
     schedule: str = "constant"  # constant | delayed | step | cosine
-    warmup_steps: int = 0  # alignment off before this step
+    warmup_frac: float = 0.0  # alignment off for this fraction of the run (budget-invariant)
     step_at: float = 0.5  # fraction of the run where `step` multiplies by step_factor
     step_factor: float = 0.5
     projector_dim: int = 0  # 0 = model width
@@ -358,11 +358,9 @@ def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> N
     _check(not f.head_coefs or len(f.head_coefs) == f.k,
            f"foresight.head_coefs has {len(f.head_coefs)} values; expected k={f.k}")
     _check(all(c >= 0 for c in f.head_coefs), "foresight.head_coefs: expected values >= 0")
-    _check(f.warmup_steps >= 0, f"foresight.warmup_steps={f.warmup_steps}: expected >= 0")
-    _check(f.schedule != "delayed" or f.warmup_steps > 0,
-           "foresight.schedule='delayed' needs foresight.warmup_steps > 0")
-    _check(f.warmup_steps < t.steps,
-           f"foresight.warmup_steps={f.warmup_steps}: alignment would never start (train.steps={t.steps})")
+    _check(0.0 <= f.warmup_frac < 1.0, f"foresight.warmup_frac={f.warmup_frac}: expected a fraction 0 <= value < 1")
+    _check(f.schedule != "delayed" or f.warmup_frac > 0,
+           "foresight.schedule='delayed' needs foresight.warmup_frac > 0")
     _check(0.0 < f.step_at < 1.0, f"foresight.step_at={f.step_at}: expected a fraction 0 < value < 1")
     _check(f.step_factor >= 0, f"foresight.step_factor={f.step_factor}: expected >= 0")
     _check(f.projector_dim >= 1, f"foresight.projector_dim={f.projector_dim}: expected >= 1")

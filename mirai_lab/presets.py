@@ -14,7 +14,7 @@ from typing import Any
 # rule (2/3 of 4*dim rounded up to ffn_multiple_of); LlamaGen rounds to 256, which would
 # make the CPU models' FFN 4x wide, so they round to 32.
 MODEL_PRESETS: dict[str, tuple[int, int, int, int]] = {
-    "tiny": (2, 64, 4, 32),
+    "tiny": (4, 32, 2, 32),
     "cpu-s": (4, 128, 4, 32),
     "cpu-m": (6, 192, 6, 32),
     "gpt-b": (12, 768, 12, 256),

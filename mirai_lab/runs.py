@@ -22,15 +22,15 @@ def run_state(path: Path) -> str:
     return state
 
 
-def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, float]], None] | None = None
-            ) -> tuple[dict[str, Any], Path, bool]:
+def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, float]], None] | None = None,
+            threads: int | None = None) -> tuple[dict[str, Any], Path, bool]:
     """Train the run unless it is already done; returns (final, run dir, skipped)."""
     from .train import Trainer, run_id_of
 
     path = run_dir(root, run_id_of(cfg))
     if run_state(path) == "done":
         return read_json(path / "final.json"), path, True
-    final = Trainer(cfg, root, progress).run()
+    final = Trainer(cfg, root, progress, threads).run()
     return final, path, False
 
 

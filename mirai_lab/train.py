@@ -56,7 +56,10 @@ class Diverged(Exception):
 
 
 def run_id_of(cfg: RunConfig) -> str:
-    return content_hash(cfg.to_dict())
+    """Hash of the resolved config; the thread count changes speed, not the run, so it is left out."""
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k != "threads"}
+    return content_hash(d)
 
 
 def model_shape(cfg: RunConfig, data: TokenData) -> GPTShape:
@@ -138,8 +141,10 @@ def set_status(path: Path, state: str, **extra: Any) -> None:
 class Trainer:
     """One run in one process. `run()` trains (or resumes) to the end and evaluates."""
 
-    def __init__(self, cfg: RunConfig, root: Path, progress: ProgressFn | None = None) -> None:
+    def __init__(self, cfg: RunConfig, root: Path, progress: ProgressFn | None = None,
+                 threads: int | None = None) -> None:
         self.cfg = cfg
+        self.threads = threads or cfg.train.threads or os.cpu_count() or 1
         self.root = root
         self.run_id = run_id_of(cfg)
         self.dir = run_dir(root, self.run_id)
@@ -147,7 +152,7 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
-        torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+        torch.set_num_threads(self.threads)
         self.data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(self.root))
         torch.manual_seed(cfg.train.seed)
         self.shape = model_shape(cfg, self.data)

@@ -43,7 +43,7 @@ def test_list_values_parse():
         ({"foresight.source": "ema", "foresight.student_block": "9"}, "expected 1..4"),
         ({"foresight.source": "ema", "foresight.k": "3", "foresight.head_coefs": "[1,2]"}, "expected k=3"),
         ({"foresight.source": "static"}, "needs foresight.static_checkpoint"),
-        ({"foresight.source": "ema", "foresight.schedule": "delayed"}, "needs foresight.warmup_steps > 0"),
+        ({"foresight.source": "ema", "foresight.schedule": "delayed"}, "needs foresight.warmup_frac > 0"),
         ({"foresight.injection": "mtp", "foresight.source": "ema"}, "must be 'none'"),
         ({"model.dim": "130"}, "not divisible"),
     ],

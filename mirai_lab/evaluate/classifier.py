@@ -114,19 +114,18 @@ def accuracy(model: DomainClassifier, images: Tensor, labels: Tensor) -> float:
     return (model.predict(images) == labels).double().mean().item()
 
 
-def _fit(
-    train_images: Tensor, train_labels: Tensor, num_classes: int, seed: int, steps: int, batch_size: int
-) -> DomainClassifier:
+def _fit(train_images: Tensor, train_labels: Tensor, settings: dict) -> DomainClassifier:
     """AdamW with a one-cycle schedule; no augmentation (it did not help at this length)."""
+    seed, steps, lr = settings["seed"], settings["steps"], settings["lr"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DomainClassifier(num_classes, tuple(train_images.shape[-2:]))
+        model = DomainClassifier(settings["num_classes"], tuple(train_images.shape[-2:]), settings["width"])
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps, pct_start=0.15)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     model.train()
     for _ in range(steps):
-        idx = torch.randint(0, len(train_images), (batch_size,), generator=gen)
+        idx = torch.randint(0, len(train_images), (settings["batch_size"],), generator=gen)
         loss = F.cross_entropy(model(train_images[idx]), train_labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -201,7 +200,7 @@ def train_domain_classifier(
             pass  # rebuilt and overwritten below
 
     train_images, train_labels = train_images.detach().float().cpu(), train_labels.cpu()
-    model = _fit(train_images, train_labels, num_classes, seed, steps, batch_size).freeze()
+    model = _fit(train_images, train_labels, settings).freeze()
     model.val_accuracy = accuracy(model, val_images.detach().float().cpu(), val_labels.cpu())
     save_tensors(
         path,

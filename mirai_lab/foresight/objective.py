@@ -57,7 +57,8 @@ class ForesightHeads(nn.Module):
 
     def scale(self, step: int) -> float:
         c = self.cfg
-        return lambda_scale(c.schedule, step, self.total_steps, c.warmup_steps, c.step_at, c.step_factor)
+        warmup = int(c.warmup_frac * self.total_steps)
+        return lambda_scale(c.schedule, step, self.total_steps, warmup, c.step_at, c.step_factor)
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, step: int
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

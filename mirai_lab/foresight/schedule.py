@@ -1,6 +1,6 @@
 """Schedules of the alignment coefficient lambda(t).
 
-Every schedule is zero before `warmup_steps` (Mirai-E switches alignment on only after the
+Every schedule is zero before the warm-up step (Mirai-E switches alignment on only after the
 EMA teacher has become meaningful); after it:
 - constant / delayed: the full coefficient (delayed is constant with a required warm-up);
 - step: the full coefficient, multiplied by `step_factor` from `step_at` * total steps on

@@ -1,0 +1,186 @@
+"""Experiment specs: a base config, axes of named variants, seeds, budget -> a run table.
+
+    [experiment]
+    name = "layout"          # sweep name (results/sweeps/<name>)
+    budget = "standard"
+    seeds = 3                # a count (seeds 0..n-1) or a list
+    baseline = "baseline"    # the variant that changes are measured against
+
+    [base]                   # run-config tables applied to every run
+    foresight = { source = "ema", k = 3 }
+
+    [axes.layout]            # one table per axis; its variants in order
+    baseline = { baseline = true }          # foresight switched off and reset to defaults
+    "1d" = { foresight = { layout = "1d" } }
+
+    [paper]                  # optional: the paper's numbers for the same rows
+    metric = "fid"
+    rows = { baseline = 6.36 }
+
+Several axes expand to their product; a variant's name joins its axis values with "/".
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import SECTIONS, RunConfig, build_config, flatten, read_toml
+from .errors import UserError
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+AXES = ("injection", "layout", "source", "layer", "k", "encoder", "visibility", "schedule")
+SPEC_TABLES = {"experiment", "base", "axes", "paper"}
+EXPERIMENT_KEYS = {"name", "budget", "seeds", "baseline", "description"}
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    variant: str
+    seed: int
+    overrides: dict[str, Any]
+    cfg: RunConfig
+    depends_on: str | None = None  # run id whose checkpoint this run reads (static teacher)
+
+
+@dataclass
+class Plan:
+    name: str
+    budget: str
+    seeds: list[int]
+    axes: list[str]
+    baseline: str | None
+    runs: list[PlannedRun]
+    paper: dict[str, Any] | None
+    spec: dict[str, Any]
+
+    @property
+    def unique_runs(self) -> list[PlannedRun]:
+        seen: dict[str, PlannedRun] = {}
+        for run in self.runs:
+            seen.setdefault(run.run_id, run)
+        return list(seen.values())
+
+
+def axis_spec_path(axis: str) -> Path:
+    if axis not in AXES:
+        raise UserError(f"--axis {axis!r}: expected one of {', '.join(AXES)}")
+    return EXPERIMENTS_DIR / "axes" / f"{axis}.toml"
+
+
+def named_spec_path(name: str) -> Path:
+    """`table2` -> experiments/table2.toml; a path is taken as it is."""
+    path = Path(name)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    return EXPERIMENTS_DIR / f"{name}.toml"
+
+
+def _seeds(value: Any, where: str) -> list[int]:
+    if isinstance(value, bool):
+        raise UserError(f"{where}: seeds={value!r}: expected a count or a list of integers")
+    if isinstance(value, int):
+        if value < 1:
+            raise UserError(f"{where}: seeds={value}: expected >= 1")
+        return list(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        return list(dict.fromkeys(value))
+    raise UserError(f"{where}: seeds={value!r}: expected a count or a list of integers")
+
+
+def _variant_overrides(name: str, table: Any, where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: variant {name!r} must be a table of overrides, got {table!r}")
+    table = dict(table)
+    is_baseline = table.pop("baseline", False)
+    if is_baseline not in (True, False):
+        raise UserError(f"{where}: variant {name!r}: baseline={is_baseline!r}: expected true")
+    unknown = set(table) - set(SECTIONS)
+    if unknown:
+        raise UserError(f"{where}: variant {name!r}: unknown table(s) {', '.join(sorted(unknown))}; "
+                        f"expected {', '.join(SECTIONS)}")
+    out = flatten(table)
+    if is_baseline:
+        out["__baseline__"] = True
+    return out
+
+
+def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = None, seeds: int | None = None,
+                   overrides: dict[str, Any] | None = None, name: str | None = None) -> Plan:
+    """Validate a spec and expand it into runs (every config is built, so errors surface now)."""
+    unknown = set(spec) - SPEC_TABLES
+    if unknown:
+        raise UserError(f"{where}: unknown table(s) {', '.join(sorted(unknown))}; "
+                        f"expected {', '.join(sorted(SPEC_TABLES))}")
+    exp = spec.get("experiment", {})
+    if not isinstance(exp, dict):
+        raise UserError(f"{where}: [experiment] must be a table")
+    bad = set(exp) - EXPERIMENT_KEYS
+    if bad:
+        raise UserError(f"{where}: unknown key(s) in [experiment]: {', '.join(sorted(bad))}; "
+                        f"expected {', '.join(sorted(EXPERIMENT_KEYS))}")
+    sweep_name = name or exp.get("name") or Path(where).stem
+    if not isinstance(sweep_name, str) or not sweep_name.replace("-", "").replace("_", "").isalnum():
+        raise UserError(f"{where}: experiment name {sweep_name!r}: expected letters, digits, - or _")
+    budget_name = budget or exp.get("budget") or "standard"
+    seed_list = list(range(seeds)) if seeds is not None else _seeds(exp.get("seeds", 1), where)
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds {seeds}: expected >= 1")
+    base = spec.get("base", {})
+    if not isinstance(base, dict) or set(base) - set(SECTIONS):
+        raise UserError(f"{where}: [base] must hold run-config tables ({', '.join(SECTIONS)})")
+    axes = spec.get("axes", {})
+    if not isinstance(axes, dict) or not axes or not all(isinstance(v, dict) and v for v in axes.values()):
+        raise UserError(f"{where}: expected at least one [axes.<name>] table with variants")
+    axis_variants = [[(vname, _variant_overrides(vname, vtable, where)) for vname, vtable in variants.items()]
+                     for variants in axes.values()]
+    from .train import run_id_of
+
+    def build(variant: str, merged: dict[str, Any]) -> RunConfig:
+        try:
+            return build_config(None, merged, budget_name)
+        except UserError as exc:
+            raise UserError(f"{where}: variant {variant!r}: {exc}") from None
+
+    runs: list[PlannedRun] = []
+    deferred: list[tuple[int, str, dict[str, Any]]] = []  # runs that name another variant's checkpoint
+    for combo in itertools.product(*axis_variants):
+        variant = "/".join(v[0] for v in combo)
+        var_over: dict[str, Any] = {}
+        for _, o in combo:
+            var_over.update(o)
+        shown = {k: v for k, v in var_over.items() if k != "__baseline__"}
+        for seed in seed_list:
+            merged = {**flatten(base), **var_over, **(overrides or {}), "train.seed": seed}
+            if merged.pop("__baseline__", False):
+                merged = {k: v for k, v in merged.items() if not k.startswith("foresight.")}
+            ref = str(merged.get("foresight.static_checkpoint", ""))
+            if ref.startswith("@"):
+                deferred.append((len(runs), ref[1:], merged))
+                runs.append(PlannedRun("", variant, seed, shown, RunConfig()))
+                continue
+            cfg = build(variant, merged)
+            runs.append(PlannedRun(run_id_of(cfg), variant, seed, shown, cfg))
+    by_variant_seed = {(r.variant, r.seed): r.run_id for r in runs if r.run_id}
+    for index, target, merged in deferred:
+        run = runs[index]
+        dep = by_variant_seed.get((target, run.seed))
+        if dep is None:
+            raise UserError(f"{where}: variant {run.variant!r}: static_checkpoint '@{target}' names no variant "
+                            "of this experiment")
+        run.cfg = build(run.variant, {**merged, "foresight.static_checkpoint": dep})
+        run.run_id = run_id_of(run.cfg)
+        run.depends_on = dep
+    baseline = exp.get("baseline")
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    if baseline is not None and baseline not in variants:
+        raise UserError(f"{where}: baseline={baseline!r} is not a variant ({', '.join(variants)})")
+    paper = spec.get("paper")
+    return Plan(sweep_name, budget_name, seed_list, list(axes), baseline, runs, paper, spec)
+
+
+def load_plan(path: Path, **kwargs: Any) -> Plan:
+    return plan_from_spec(read_toml(path), str(path), **kwargs)

@@ -1,0 +1,111 @@
+"""Sweeps: a plan of content-addressed runs, executed once each, by one or many workers.
+
+One process without a storage trains the pending runs in order. With `--workers N` (N > 1)
+or a `--storage` URL, workers claim runs through an Optuna storage (claim.RunQueue): a
+journal file beside the manifest by default, PostgreSQL for several machines. A finished
+run is never trained again (its status.json says done), an interrupted one resumes from its
+checkpoint, a failed one is recorded with its error and skipped until `--retry-failed`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .runs import execute, run_state
+from .spec import Plan
+from .store import read_json, run_dir, write_json
+from .train import Diverged, set_status
+
+
+def manifest_path(root: Path, name: str) -> Path:
+    return root / "sweeps" / name / "manifest.json"
+
+
+def write_manifest(plan: Plan, root: Path, command: str) -> Path:
+    path = manifest_path(root, plan.name)
+    created = read_json(path).get("created", time.time()) if path.exists() else time.time()
+    manifest = {
+        "name": plan.name, "budget": plan.budget, "seeds": plan.seeds, "axes": plan.axes,
+        "baseline": plan.baseline, "command": command, "created": created, "paper": plan.paper,
+        "runs": [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "overrides": r.overrides}
+                 for r in plan.runs],
+    }
+    write_json(path, manifest)
+    return path
+
+
+def states(plan: Plan, root: Path) -> dict[str, str]:
+    return {r.run_id: run_state(run_dir(root, r.run_id)) for r in plan.unique_runs}
+
+
+def to_train(plan: Plan, root: Path, retry_failed: bool) -> list[str]:
+    st = states(plan, root)
+    wanted = ("pending", "running", "failed") if retry_failed else ("pending", "running")
+    return [rid for rid, s in st.items() if s in wanted]
+
+
+def train_one(plan: Plan, run_id: str, root: Path, threads: int | None,
+              progress: Callable[[int, int, dict[str, float]], None] | None = None) -> str | None:
+    """Train one run of the plan; returns None on success or the error message."""
+    cfg = next(r.cfg for r in plan.runs if r.run_id == run_id)
+    try:
+        execute(cfg, root, progress, threads)
+        return None
+    except Diverged as exc:
+        return f"diverged: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one broken run must not stop the sweep
+        message = f"{type(exc).__name__}: {exc}"
+        set_status(run_dir(root, run_id), "failed", error=message)
+        return message
+
+
+def run_sequential(plan: Plan, root: Path, retry_failed: bool, monitor: Any) -> None:
+    for run_id in to_train(plan, root, retry_failed):
+        monitor.current(run_id)
+        train_one(plan, run_id, root, None, monitor.on_eval(run_id))
+        monitor.refresh()
+
+
+def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: bool, threads: int | None,
+                heartbeat_s: int = 30) -> int:
+    """Claim and train runs until none is left; returns how many this worker trained."""
+    from .claim import RunQueue, open_storage
+
+    storage = open_storage(storage_url, root / "sweeps" / plan.name / "journal.log", heartbeat_s=heartbeat_s)
+    queue = RunQueue(storage, plan.name, [r.run_id for r in plan.unique_runs],
+                     lambda rid: run_state(run_dir(root, rid)) == "done", retry_failed=retry_failed)
+    trained = 0
+    depends = {r.run_id: r.depends_on for r in plan.runs if r.depends_on}
+    while (claim := queue.claim(wait=True, poll_s=2.0)) is not None:
+        dep = depends.get(claim.run_id)
+        if dep is not None and run_state(run_dir(root, dep)) != "done":
+            claim.release()  # its teacher is still training elsewhere: give it back and wait
+            time.sleep(2.0)
+            continue
+        error = train_one(plan, claim.run_id, root, threads)
+        if error is None:
+            claim.done()
+            trained += 1
+        else:
+            claim.failed(error)
+    return trained
+
+
+def spawn_workers(argv: list[str], n: int, threads: int) -> list[subprocess.Popen]:
+    """N copies of this sweep command as claiming workers, each with its share of the cores."""
+    env = dict(os.environ, MIRAI_LAB_WORKER_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "mirai_lab", *argv, "--as-worker"]
+    return [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n)]
+
+
+def summary(plan: Plan, root: Path) -> dict[str, int]:
+    counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
+    for s in states(plan, root).values():
+        counts[s] = counts.get(s, 0) + 1
+    return counts

@@ -1,0 +1,76 @@
+"""The `sweep` verb: plan, print or execute, then say what happened in one line."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .config import parse_set
+from .errors import UserError
+from .progress import SweepMonitor
+from .spec import axis_spec_path, load_plan
+from .sweep import manifest_path, run_sequential, spawn_workers, states, summary, to_train, worker_loop, write_manifest
+
+console = Console(stderr=True)
+
+
+def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str], budget: str | None,
+              seeds: int | None, workers: int, storage: str | None, retry_failed: bool, dry_run: bool,
+              root: Path, as_json: bool, as_worker: bool, argv: list[str]) -> dict[str, Any] | None:
+    path = axis_spec_path(axis) if axis else Path(experiment)  # type: ignore[arg-type]
+    plan = load_plan(path, budget=budget, seeds=seeds, overrides=parse_set(set_items))
+    if as_worker:
+        threads = int(os.environ.get("MIRAI_LAB_WORKER_THREADS", "0")) or None
+        worker_loop(plan, root, storage, retry_failed, threads)
+        return None
+    st = states(plan, root)
+    if dry_run:
+        rows = [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "status": st[r.run_id]}
+                for r in plan.runs]
+        if not as_json:
+            table = Table(title=f"sweep {plan.name}: {len(plan.unique_runs)} runs ({plan.budget}); dry run")
+            for col in ("run_id", "variant", "seed", "status"):
+                table.add_column(col)
+            for row in rows:
+                table.add_row(*(str(row[c]) for c in ("run_id", "variant", "seed", "status")))
+            Console().print(table)
+        return {"name": plan.name, "runs": rows}
+    command = "mirai-lab " + shlex.join(argv)
+    mpath = write_manifest(plan, root, command)
+    pending = to_train(plan, root, retry_failed)
+    before = summary(plan, root)
+    if not pending:
+        line = (f"sweep {plan.name}: nothing to do, {before['done']} runs already done"
+                + (f", {before['failed']} failed (use --retry-failed)" if before["failed"] else "")
+                + f" -> {mpath}")
+        if not as_json:
+            console.print(line, highlight=False)
+        return {"name": plan.name, "trained": 0, **before, "manifest": str(mpath)}
+    t0 = time.perf_counter()
+    with SweepMonitor(plan, root, quiet=as_json) as monitor:
+        if workers > 1:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            procs = spawn_workers([a for a in argv if a != "--as-worker"], workers, threads)
+            while any(p.poll() is None for p in procs):
+                monitor.refresh()
+                time.sleep(1.0)
+            errors = [p.stderr.read().decode().strip() for p in procs if p.returncode not in (0, None) and p.stderr]
+            if errors:
+                raise UserError(f"a sweep worker failed: {errors[0].splitlines()[-1]}")
+        elif storage is not None:
+            worker_loop(plan, root, storage, retry_failed, None)
+        else:
+            run_sequential(plan, root, retry_failed, monitor)
+    after = summary(plan, root)
+    trained = after["done"] - before["done"]
+    line = (f"sweep {plan.name}: {after['done']} done ({trained} trained now), {after['failed']} failed, "
+            f"{after['pending'] + after['running']} left; {time.perf_counter() - t0:.0f}s -> {mpath}")
+    if not as_json:
+        console.print(line, highlight=False)
+    return {"name": plan.name, "trained": trained, **after, "manifest": str(manifest_path(root, plan.name))}

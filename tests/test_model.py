@@ -1,0 +1,122 @@
+"""The GPT: LlamaGen names and shapes, KV cache equals recomputation, checkpoint layout."""
+
+import pytest
+import torch
+
+from mirai_lab.errors import UserError
+from mirai_lab.foresight.sources import load_gpt_weights
+from mirai_lab.model.gpt import GPT, GPTShape, rope_2d
+from mirai_lab.model.sample import filter_logits, sample_tokens
+from mirai_lab.store import save_tensors
+
+SMALL = GPTShape(vocab_size=40, num_classes=5, grid=(4, 4), n_layer=2, dim=32, n_head=4, ffn_hidden=64)
+
+
+def randomized(shape: GPTShape = SMALL, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(shape)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)  # the zero-initialised head would make every logit equal
+    return model.eval()
+
+
+def test_gpt_b_has_llamagen_names_shapes_and_111m_params():
+    model = GPT(GPTShape(vocab_size=16384, num_classes=1000, grid=(16, 16), n_layer=12, dim=768, n_head=12,
+                         ffn_hidden=2048))
+    sd = model.state_dict()
+    expected = {"tok_embeddings.weight": (16384, 768), "cls_embedding.embedding_table.weight": (1001, 768),
+                "norm.weight": (768,), "output.weight": (16384, 768)}
+    for i in range(12):
+        expected |= {f"layers.{i}.attention.wqkv.weight": (2304, 768), f"layers.{i}.attention.wo.weight": (768, 768),
+                     f"layers.{i}.feed_forward.w1.weight": (2048, 768),
+                     f"layers.{i}.feed_forward.w3.weight": (2048, 768),
+                     f"layers.{i}.feed_forward.w2.weight": (768, 2048),
+                     f"layers.{i}.attention_norm.weight": (768,), f"layers.{i}.ffn_norm.weight": (768,)}
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected
+    assert model.n_params() == 110_888_448  # LlamaGen reports GPT-B as 111M
+    assert float(model.output.weight.detach().abs().max()) == 0.0
+
+
+def test_rope_class_position_is_zero_and_grid_is_2d():
+    table = rope_2d((3, 5), head_dim=8)
+    assert table.shape == (16, 4, 2)
+    assert float(table[0].abs().max()) == 0.0
+    # cell (r, c) = (1, 2): first half of pairs rotate by row, second half by column
+    cell = 1 + 1 * 5 + 2
+    assert torch.allclose(table[cell, 0], torch.tensor([torch.cos(torch.tensor(1.0)), torch.sin(torch.tensor(1.0))]))
+    assert torch.allclose(table[cell, 2], torch.tensor([torch.cos(torch.tensor(2.0)), torch.sin(torch.tensor(2.0))]))
+
+
+def test_kv_cache_logits_equal_full_recompute():
+    model = randomized()
+    tokens = torch.randint(0, 40, (3, 16))
+    labels = torch.tensor([0, 3, 5])  # 5 = the null class
+    full, _ = model(tokens[:, :-1], labels)
+    cache = model.new_cache(3)
+    step = [model.step_logits(model.cls_embedding(labels, train=False)[:, None], cache)]
+    for i in range(15):
+        step.append(model.step_logits(model.tok_embeddings(tokens[:, i])[:, None], cache))
+    assert torch.allclose(torch.stack(step, 1), full, atol=1e-5)
+
+
+def test_cached_sampling_equals_recompute_sampling_with_cfg():
+    model = randomized()
+    labels = torch.tensor([0, 1, 2, 4])
+    a = sample_tokens(model, labels, cfg_scale=2.0, top_k=10, generator=torch.Generator().manual_seed(3))
+    b = sample_tokens(model, labels, cfg_scale=2.0, top_k=10, generator=torch.Generator().manual_seed(3),
+                      use_cache=False)
+    assert torch.equal(a, b) and a.shape == (4, 16)
+
+
+def test_hidden_states_and_early_stop():
+    model = randomized()
+    tokens = torch.randint(0, 40, (2, 15))
+    labels = torch.tensor([1, 2])
+    logits, hidden = model(tokens, labels, hidden_blocks=(1, 2))
+    none, early = model(tokens, labels, hidden_blocks=(1,), stop_after=1)
+    assert none is None and torch.equal(early[1], hidden[1])
+    assert torch.allclose(model.output(model.norm(hidden[2])), logits, atol=1e-6)
+
+
+def test_filter_logits():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[True, False, False, True]]
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = ~torch.isinf(filter_logits(probs, top_p=0.8))
+    assert kept.tolist() == [[True, True, False, False]]
+
+
+def test_llamagen_checkpoint_layout_loads(tmp_path):
+    model = randomized(seed=1)
+    path = tmp_path / "llamagen.pt"
+    save_tensors(path, {"model": model.state_dict()})
+    other = GPT(SMALL)
+    load_gpt_weights(other, path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(),
+                                                  strict=True))
+
+
+def test_checkpoint_missing_or_mismatched_key_is_named(tmp_path):
+    sd = randomized().state_dict()
+    missing = dict(sd)
+    missing.pop("norm.weight")
+    save_tensors(tmp_path / "a.pt", {"model": missing})
+    with pytest.raises(UserError, match="missing key 'norm.weight'"):
+        load_gpt_weights(GPT(SMALL), tmp_path / "a.pt")
+    bad = dict(sd)
+    bad["output.weight"] = torch.zeros(7, 32)
+    save_tensors(tmp_path / "b.pt", {"model": bad})
+    with pytest.raises(UserError, match="key 'output.weight' has shape"):
+        load_gpt_weights(GPT(SMALL), tmp_path / "b.pt")
+
+
+def test_pickle_payload_checkpoint_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(UserError, match="refusing to load"):
+        load_gpt_weights(GPT(SMALL), path)
