@@ -3,8 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-BUDGET ?= standard
-SEEDS ?= 3
+BUDGET ?=
+SEEDS ?=
 WORKERS ?= 1
 RESULTS ?= results
 
@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/mirai-lab bench --out benchmarks
 
 reproduce-table%: $(STAMP)
-	$(BIN)/mirai-lab reproduce table$* --budget $(BUDGET) --seeds $(SEEDS) --workers $(WORKERS) --results-dir $(RESULTS)
+	$(BIN)/mirai-lab reproduce table$* $(if $(BUDGET),--budget $(BUDGET)) $(if $(SEEDS),--seeds $(SEEDS)) --workers $(WORKERS) --results-dir $(RESULTS)
 
 reproduce-all: reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4
 

@@ -173,6 +173,70 @@ def sweep(
         print(json.dumps(out, sort_keys=True, default=str))
 
 
+@app.command()
+def tune(
+    source: Annotated[str, typer.Option(help="ema | bidirectional | mtp")] = "ema",
+    trials: Annotated[int, typer.Option(min=1, help="Total trials in the study.")] = 20,
+    budget: Annotated[str, typer.Option(help="Run length of each trial.")] = "quick",
+    objective: Annotated[str, typer.Option(help="fid_domain | val_nll (final value, minimised).")] = "fid_domain",
+    pruner: Annotated[str, typer.Option(help="median | hyperband | none")] = "median",
+    per_head: Annotated[bool, typer.Option("--per-head", help="One coefficient per head.")] = False,
+    search_warmup: Annotated[bool, typer.Option("--search-warmup", help="Also tune warmup_frac.")] = False,
+    search_schedule: Annotated[bool, typer.Option("--search-schedule", help="Also tune the schedule.")] = False,
+    search_block: Annotated[bool, typer.Option("--search-block", help="Also tune the student block.")] = False,
+    study: Annotated[str, typer.Option(help="Study name (default tune-<source>-<budget>).")] = "",
+    storage: Annotated[str | None, typer.Option(help="sqlite:///F (one process; the default under "
+                                                     "results/studies), journal:PATH or postgresql://...")] = None,
+    set_: SetOpt = None,
+    out: Annotated[Path, typer.Option(help="Folder for the best spec.")] = Path("experiments/tuned"),
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tune the alignment coefficients with Optuna; export the best trial as a spec."""
+    from .config import parse_set
+    from .tune import TuneOptions, run_tune
+
+    opts = TuneOptions(source=source, trials=trials, budget=budget, objective=objective, pruner=pruner,
+                       per_head=per_head, search_warmup=search_warmup, search_schedule=search_schedule,
+                       search_block=search_block, study=study, storage=storage, base=parse_set(set_ or []))
+    out_info = run_tune(opts, _root(results_dir), out)
+    _emit(out_info, as_json, f"study {out_info['study']}: {out_info['trials']} trials ({out_info['complete']} "
+          f"complete, {out_info['pruned']} pruned); best {objective} {out_info['best_value']:.4g} "
+          f"{out_info['best_params']} -> {out_info['spec']}")
+
+
+@app.command()
+def report(
+    sweeps: Annotated[list[str], typer.Argument(help="Sweep names under <results>/sweeps.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default <results>/reports/<sweeps>).")] = None,
+    results_dir: ResultsOpt = None,
+) -> None:
+    """Tables (md, csv, tex), figures and report.md from finished sweeps."""
+    from .report import write_report
+
+    root = _root(results_dir)
+    target = out or root / "reports" / "+".join(sweeps)
+    path = write_report(root, sweeps, target, command="mirai-lab " + " ".join(sys.argv[1:]))
+    console.print(f"report -> {path}", highlight=False)
+
+
+@app.command()
+def reproduce(
+    table: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4 (experiments/<table>.toml).")],
+    budget: BudgetOpt = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds (default: the spec's).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Runs trained at once.")] = 1,
+    set_: SetOpt = None,
+    results_dir: ResultsOpt = None,
+) -> None:
+    """Run a paper-table sweep, then write results/<table>/ (tables, figures, COMMAND, environment)."""
+    from .reproduce import reproduce_table
+
+    path = reproduce_table(table, _root(results_dir), budget=budget, seeds=seeds, workers=workers,
+                           set_items=set_ or [], argv=sys.argv[1:])
+    console.print(f"{table} -> {path}", highlight=False)
+
+
 def main() -> None:
     """Entry point: user errors and usage errors become one line and exit code 2."""
     try:

@@ -59,8 +59,12 @@ def load_manifests(results: Path, sweeps: list[str]) -> dict[str, dict[str, Any]
             manifest = read_json(path)
         except ValueError as exc:
             raise UserError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list) or not manifest["runs"]:
+        runs = manifest.get("runs") if isinstance(manifest, dict) else None
+        if not isinstance(runs, list) or not runs:
             raise UserError(f"{path} has no runs: expected a sweep manifest with a non-empty 'runs' list")
+        bad = [r for r in runs if not (isinstance(r, dict) and {"run_id", "variant", "seed"} <= r.keys())]
+        if bad:
+            raise UserError(f"{path}: run entry {bad[0]!r} lacks run_id, variant or seed")
         manifests[name] = manifest
     return manifests
 
@@ -120,6 +124,7 @@ def _curve_rows(results: Path, runs: pd.DataFrame) -> pd.DataFrame:
     for run_id in runs["run_id"].unique():
         path = run_dir(results, run_id) / "curve.csv"
         try:
+            # the run directory is the identity; a copied curve.csv may still carry another id
             frames.append(pd.read_csv(path).drop(columns="run_id", errors="ignore").assign(run_id=run_id))
         except (FileNotFoundError, pd.errors.EmptyDataError):
             continue
@@ -150,13 +155,16 @@ def _frames(results: Path, manifests: dict[str, dict[str, Any]]) -> tuple[pd.Dat
 
 
 def _sweep_lines(manifests: dict[str, dict[str, Any]], runs: pd.DataFrame) -> list[str]:
+    def _code(value: str | None) -> str:
+        return f"`{value}`" if value else "none"
+
     lines = []
     for name, m in manifests.items():
         sel = runs[runs["sweep"] == name]
         states = ", ".join(f"{n} {s}" for s, n in sel["state"].value_counts().items())
         seeds = ", ".join(str(s) for s in m.get("seeds", [])) or "n/a"
         lines.append(f"- `{name}`: budget `{m.get('budget', 'n/a')}`, seeds {seeds}, axes "
-                     f"{', '.join(m.get('axes', [])) or 'n/a'}, baseline `{m.get('baseline')}`; "
+                     f"{', '.join(m.get('axes', [])) or 'n/a'}, baseline {_code(m.get('baseline'))}; "
                      f"{len(sel)} runs ({states or 'none'})")
         if m.get("command"):
             lines.append(f"  - sweep command: `{m['command']}`")
@@ -176,8 +184,9 @@ def _measurement_lines(runs: pd.DataFrame) -> list[str]:
         cols = [c for c in base.columns if c.startswith(f"floor.{kind}.")]
         values = [f"{c.split('.', 2)[2]} {_column_stat(base, c)}" for c in cols]
         lines.append(f"  - {title}: {'; '.join(values) or 'n/a'}")
-    lines.append("  - fid_domain values at or near real vs real cannot be told apart from real data at this "
-                 "sample count; the tokenizer ceiling is the best a model over these tokens can reach.")
+    if any(c.startswith("floor.") for c in base.columns):
+        lines.append("  - values at or near real vs real cannot be told apart from real data at this sample count; "
+                     "the tokenizer ceiling is the best a model over these tokens can reach.")
     for key, title in (("tokenizer_mse", "Tokenizer reconstruction MSE"),
                        ("classifier_val_acc", "Domain classifier validation accuracy")):
         lines.append(f"- {title}: {_column_stat(base, key)}")
@@ -199,7 +208,8 @@ def _legend(table: pd.DataFrame) -> str:
         "one pair gives no interval.",
         "Speed-up: steps the baseline's mean curve needs to reach its own final value, divided by the steps the "
         "variant's mean curve needs to reach it (linear interpolation between evaluations); 'not reached' = "
-        "never within the run." + (f" Targets: {targets}." if targets else ""),
+        "never within the run. Curve evaluations may use fewer samples than the final metrics."
+        + (f" Targets: {targets}." if targets else ""),
         "`*_domain` metrics use the in-project domain classifier's features: not comparable with ImageNet FID."
         + (f" paper: the paper's {', '.join(paper)} for the row (ImageNet 256; compare trends, not values)."
            if paper else ""),
@@ -244,15 +254,15 @@ FIGURE_CAPTIONS = {"curves": "Convergence of fid_domain and val_nll (mean ± std
 
 
 def _figure_lines(written: list[str]) -> list[str]:
-    lines = []
+    blocks = []
     for stem, caption in FIGURE_CAPTIONS.items():
         if f"{stem}.png" in written:
             pdf = f" ([PDF]({stem}.pdf))" if f"{stem}.pdf" in written else ""
-            lines += [f"**{caption}**{pdf}", "", f"![{stem}]({stem}.png)", ""]
+            blocks.append(f"**{caption}**{pdf}\n\n![{stem}]({stem}.png)")
     missing = [stem for stem in FIGURE_CAPTIONS if f"{stem}.png" not in written]
     if missing:
-        lines.append(f"Not drawn (no data in the runs): {', '.join(missing)}.")
-    return lines
+        blocks.append(f"Not drawn (no data in the runs): {', '.join(missing)}.")
+    return ["\n\n".join(blocks)]
 
 
 def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str, Any]], runs: pd.DataFrame,

@@ -93,8 +93,10 @@ def montage(runs: pd.DataFrame, order: Sequence[str], results: Path, filename: s
                 break
     if not panels:
         return []
-    height = max(img.shape[0] / img.shape[1] for _, img in panels)
-    fig = Figure(figsize=(3 * len(panels), 3 * height + 0.6), layout="constrained")
+    # a panel as wide as its image at DPI (so small grids are not blurred), within 2.5-8 inches
+    width = min(max(2.5, max(img.shape[1] for _, img in panels) / DPI), 8.0)
+    height = width * max(img.shape[0] / img.shape[1] for _, img in panels)
+    fig = Figure(figsize=(width * len(panels), height + 0.5), layout="constrained")
     for ax, (title, img) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
         ax.set_title(title, fontsize=9)

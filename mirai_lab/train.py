@@ -78,6 +78,15 @@ def batch_indices(train_idx: torch.Tensor, batch: int, seed: int, step: int) -> 
     return train_idx[perm[offset * batch : (offset + 1) * batch]]
 
 
+def crop_indices(batch: int, n_crops: int, seed: int, step: int) -> torch.Tensor | None:
+    """A random augmentation crop per sample (code folders), a pure function of (seed, step),
+    so the matching feature crop can be read and a resumed run draws the same crops."""
+    if n_crops == 1:
+        return None
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 7)
+    return torch.randint(n_crops, (batch,), generator=g)
+
+
 def learning_rate(cfg: RunConfig, step: int) -> float:
     t = cfg.train
     if step < t.warmup_steps:
@@ -203,8 +212,9 @@ class Trainer:
     def train_step(self, step: int, sums: dict[str, float], counts: dict[str, int]) -> None:
         cfg = self.cfg
         idx = batch_indices(self.data.train_idx, cfg.train.batch_size, cfg.train.seed, step)
-        x = self.data.codes[idx]
-        y = self.data.images.labels[idx]
+        crop = crop_indices(len(idx), self.data.n_crops, cfg.train.seed, step)
+        x = self.data.tokens(idx, crop)
+        y = self.data.labels[idx]
         fs = self.foresight
         blocks = (fs.student_block,) if fs is not None else ()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
@@ -213,7 +223,7 @@ class Trainer:
             loss = ntp
             logs: dict[str, torch.Tensor] = {}
             if fs is not None:
-                targets = fs.source.targets(x, y, idx) if fs.source is not None else x
+                targets = fs.source.targets(x, y, idx, crop) if fs.source is not None else x
                 aux, logs = fs.heads(hidden[fs.student_block], targets, step)
                 loss = loss + aux
         if os.environ.get(INJECT_NAN_ENV) == str(step):

@@ -187,3 +187,35 @@ def test_write_report_end_to_end(results: Path):
     assert "mirai-lab report injection" in text and "output-1d-s1" in text and "loss diverged" in text
     assert "![curves](curves.png)" in text and "real vs real" in text
     assert "- **internal-2d**: fid_domain -3 [" in text
+
+
+def test_two_sweeps_prefix_labels_and_keep_their_own_baseline(results: Path):
+    manifest = json.loads((results / "sweeps" / "injection" / "manifest.json").read_text())
+    manifest["runs"] = [r for r in manifest["runs"] if r["variant"] != "output-1d"]  # shares the baseline runs
+    (results / "sweeps" / "layout").mkdir()
+    (results / "sweeps" / "layout" / "manifest.json").write_text(json.dumps(manifest))
+    runs, curves = collect(results, ["injection", "layout"])
+    labels = list(runs["label"].unique())
+    assert labels == ["injection: baseline", "injection: internal-2d", "injection: output-1d", "layout: baseline",
+                      "layout: internal-2d"]
+    assert runs.groupby("sweep")["is_baseline"].sum().to_dict() == {"injection": 2, "layout": 2}
+    assert set(curves["label"]) == set(labels)
+
+
+def test_missing_metrics_stay_missing(tmp_path: Path):
+    """Metrics disabled, no curves, no baseline, an unfinished run: n/a everywhere, nothing invented."""
+    runs = [{"run_id": f"{v}0", "variant": v, "seed": 0, "overrides": {}} for v in ("a", "b")]
+    for run in runs:
+        path = tmp_path / "runs" / run["run_id"]
+        path.mkdir(parents=True)
+        (path / "status.json").write_text(json.dumps({"state": "done" if run["variant"] == "a" else "running"}))
+        (path / "final.json").write_text(json.dumps({"val_nll": 2.0, "floors": {}}))
+    (tmp_path / "sweeps" / "s").mkdir(parents=True)
+    (tmp_path / "sweeps" / "s" / "manifest.json").write_text(json.dumps(
+        {"name": "s", "budget": "smoke", "seeds": [0], "axes": ["x"], "baseline": None, "command": "c", "runs": runs}))
+    text = write_report(tmp_path, ["s"], tmp_path / "out", "cmd").read_text()
+    md = (tmp_path / "out" / "table.md").read_text().splitlines()
+    assert md[2].startswith("| a | 1/1 | 0 | n/a |") and "| 2 (n=1) |" in md[2]
+    assert md[3].startswith("| b | 0/1 | 0 | n/a |")
+    assert "No baseline" in text and "| `b0` | b | 0 | running |" in text
+    assert not (tmp_path / "out" / "curves.png").exists() and "Not drawn" in text

@@ -20,27 +20,34 @@ from .tokenizer import PatchTokenizer, fit_codebook, to_patches
 
 @dataclass
 class TokenData:
-    """Everything a run needs from the data side, in memory."""
+    """Everything a run needs from the data side, in memory.
+
+    `codes` is (N, G) for the embedded sets, or (N, n_aug, G) for LlamaGen code folders
+    (one row per augmentation crop). `images` and `tokenizer` (the decoder) exist only for
+    data sets that have pixels; without them evaluation falls back to validation NLL.
+    """
 
     key: str  # cache hash: identifies data + split + tokenizer
-    images: ImageSet
-    codes: torch.Tensor  # (N, G) int64, raster order
+    codes: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    grid: tuple[int, int]
+    vocab_size: int
     train_idx: torch.Tensor
     val_idx: torch.Tensor
-    tokenizer: PatchTokenizer
-    recon_mse: float  # validation pixel MSE of decode(encode(x)): the tokenizer ceiling
+    images: ImageSet | None = None
+    tokenizer: PatchTokenizer | None = None
+    recon_mse: float | None = None  # validation pixel MSE of decode(encode(x)): the tokenizer ceiling
 
     @property
-    def grid(self) -> tuple[int, int]:
-        return self.tokenizer.grid
+    def n_crops(self) -> int:
+        return int(self.codes.shape[1]) if self.codes.ndim == 3 else 1
 
-    @property
-    def num_classes(self) -> int:
-        return self.images.num_classes
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
+    def tokens(self, idx: torch.Tensor, crop: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, G) token grids of images `idx` (crop 0 unless given, for multi-crop codes)."""
+        if self.codes.ndim == 2:
+            return self.codes[idx]
+        return self.codes[idx, crop if crop is not None else torch.zeros_like(idx)]
 
 
 def prepare_tokens(data: DataConfig, tok: TokenizerConfig, cache: Path) -> TokenData:
@@ -59,7 +66,7 @@ def prepare_tokens(data: DataConfig, tok: TokenizerConfig, cache: Path) -> Token
         try:
             blob = load_tensors(path)
             tokenizer = PatchTokenizer(blob["codebook"], tok.patch, grid)
-            return TokenData(key, images, blob["codes"], train_idx, val_idx, tokenizer, float(blob["recon_mse"]))
+            return _token_data(key, images, blob["codes"], train_idx, val_idx, tokenizer, float(blob["recon_mse"]))
         except (CorruptFile, KeyError):
             path.unlink(missing_ok=True)  # rebuilt below
     train_patches = to_patches(images.images[train_idx], tok.patch)
@@ -70,4 +77,11 @@ def prepare_tokens(data: DataConfig, tok: TokenizerConfig, cache: Path) -> Token
     val = images.images[val_idx]
     recon_mse = float(((tokenizer.decode(codes[val_idx]) - val) ** 2).mean())
     save_tensors(path, {"codebook": codebook, "codes": codes, "recon_mse": torch.tensor(recon_mse)})
-    return TokenData(key, images, codes, train_idx, val_idx, tokenizer, recon_mse)
+    return _token_data(key, images, codes, train_idx, val_idx, tokenizer, recon_mse)
+
+
+def _token_data(key: str, images: ImageSet, codes: torch.Tensor, train_idx: torch.Tensor, val_idx: torch.Tensor,
+                tokenizer: PatchTokenizer, recon_mse: float) -> TokenData:
+    return TokenData(key=key, codes=codes, labels=images.labels, num_classes=images.num_classes,
+                     grid=tokenizer.grid, vocab_size=tokenizer.vocab_size, train_idx=train_idx, val_idx=val_idx,
+                     images=images, tokenizer=tokenizer, recon_mse=recon_mse)

@@ -43,7 +43,7 @@ class Evaluator:
     def classifier(self) -> Any:
         if self._classifier is None:
             d = self.data
-            imgs, labels = d.images.images, d.images.labels
+            imgs, labels = d.images.images, d.labels
             self._classifier = train_domain_classifier(imgs[d.train_idx], labels[d.train_idx], imgs[d.val_idx],
                                                        labels[d.val_idx], d.num_classes, self.cache)
         return self._classifier
@@ -63,7 +63,7 @@ class Evaluator:
         total, count = 0.0, 0
         for i in range(0, len(idx), SAMPLE_CHUNK):
             b = idx[i : i + SAMPLE_CHUNK]
-            x, y = self.data.codes[b], self.data.images.labels[b]
+            x, y = self.data.tokens(b), self.data.labels[b]
             logits, _ = model(x[:, :-1], y)
             total += float(F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="sum"))
             count += x.numel()
@@ -111,7 +111,7 @@ class Evaluator:
         """2D-structure score of block `block` on validation images (cell-indexed read states)."""
         model.eval()
         b = self.data.val_idx[:256]
-        _, hidden = model(self.data.codes[b], self.data.images.labels[b], hidden_blocks=(block,), stop_after=block)
+        _, hidden = model(self.data.tokens(b), self.data.labels[b], hidden_blocks=(block,), stop_after=block)
         states = hidden[block][:, 1:].float()
         h, w = self.data.grid
         structure_map(states, h, w, path)

@@ -21,7 +21,9 @@ class TargetSource:
 
     dim: int
 
-    def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                crop: torch.Tensor | None = None) -> torch.Tensor:
+        """`index` are the images of the batch and `crop` their augmentation crops (code folders)."""
         raise NotImplementedError
 
 
@@ -34,7 +36,8 @@ class TeacherSource(TargetSource):
         self.dim = teacher.shape.dim
 
     @torch.no_grad()
-    def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                crop: torch.Tensor | None = None) -> torch.Tensor:
         was_training = self.teacher.training
         self.teacher.eval()
         _, hidden = self.teacher(tokens, labels, hidden_blocks=(self.block,), stop_after=self.block)
@@ -43,13 +46,19 @@ class TeacherSource(TargetSource):
 
 
 class FeatureTableSource(TargetSource):
-    """Mirai-I: pre-extracted encoder features looked up by image index."""
+    """Mirai-I: pre-extracted encoder features looked up by image (and crop) index.
+
+    The table is (N_images, N_cells, d), or (N_images, n_crops, N_cells, d) for code folders.
+    """
 
     def __init__(self, features: torch.Tensor) -> None:
         self.features = features
         self.dim = int(features.shape[-1])
 
-    def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                crop: torch.Tensor | None = None) -> torch.Tensor:
+        if self.features.ndim == 4:
+            return self.features[index, crop if crop is not None else torch.zeros_like(index)].float()
         return self.features[index].float()
 
 
