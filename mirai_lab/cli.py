@@ -237,6 +237,25 @@ def reproduce(
     console.print(f"{table} -> {path}", highlight=False)
 
 
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="Folder for results.md and results.csv.")] = Path("benchmarks"),
+    presets: Annotated[str, typer.Option(help="Comma-separated model presets.")] = "cpu-s,cpu-m",
+    repeats: Annotated[int, typer.Option(min=1, help="Interleaved repeats (medians).")] = 5,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer steps, no smoke sweep.")] = False,
+) -> None:
+    """Measure training, sampling and evaluation speed against this machine's matmul peak."""
+    from .bench import run_bench
+    from .presets import MODEL_PRESETS
+
+    names = [p.strip() for p in presets.split(",") if p.strip()]
+    for name in names:
+        if name not in MODEL_PRESETS:
+            raise UserError(f"--presets {name!r}: expected names from {', '.join(MODEL_PRESETS)}")
+    path = run_bench(out, names, repeats, quick)
+    console.print(f"benchmarks -> {path}", highlight=False)
+
+
 def main() -> None:
     """Entry point: user errors and usage errors become one line and exit code 2."""
     try:

@@ -1,0 +1,256 @@
+"""`mirai-lab bench`: the toolkit's speed against this machine's own limits.
+
+Everything that is compared is measured side by side in one process, interleaved
+(A B C A B C ...) so that the VM's drift hits every variant alike, and reported as medians
+and ratios. Figures: peak matmul FLOP/s (fp32, bf16), training tokens/s and step time for
+the baseline, Mirai-I (cached feature table) and Mirai-E in fp32 eager and bf16 autocast,
+achieved FLOP/s over peak, sampling with and without the KV cache, evaluation share of a
+`standard` run, a smoke sweep end to end, and peak memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .config import build_config
+from .foresight.layout import build_layout
+from .foresight.objective import ForesightHeads
+from .foresight.sources import FeatureTableSource, TeacherSource
+from .model.gpt import GPT, GPTShape
+from .model.sample import sample_tokens
+from .store import write_text
+from .train import update_ema
+
+
+def peak_matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / min(times)
+
+
+def train_flops(shape: GPTShape, batch: int) -> float:
+    """6 * (non-embedding params) * tokens + attention (forward 4*T^2*d per layer, x3 with backward)."""
+    per_layer = 4 * shape.dim * shape.dim + 3 * shape.dim * shape.ffn_hidden
+    dense = shape.n_layer * per_layer + shape.dim * shape.vocab_size
+    tokens = shape.n_tokens
+    attn = shape.n_layer * 4 * tokens * tokens * shape.dim
+    return batch * (6 * dense * tokens + 3 * attn)
+
+
+class StepBench:
+    """One training-step closure per variant, built like the trainer builds them."""
+
+    def __init__(self, preset: str, batch: int, grid: tuple[int, int] = (7, 7), vocab: int = 512) -> None:
+        cfg = build_config(None, {"model.preset": preset})
+        m = cfg.model
+        self.shape = GPTShape(vocab, 10, grid, m.n_layer, m.dim, m.n_head, m.ffn_hidden)
+        self.batch = batch
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, vocab, (batch, grid[0] * grid[1]), generator=g)
+        self.y = torch.randint(0, 10, (batch,), generator=g)
+
+    def make(self, variant: str, precision: str) -> Callable[[], None]:
+        torch.manual_seed(0)
+        model = GPT(self.shape)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        heads, source, block = None, None, 0
+        if variant != "baseline":
+            over = {"model.preset": self.cfg.model.preset}
+            if variant == "mirai-i":
+                over |= {"foresight.source": "bidirectional", "foresight.k": 1}
+            else:
+                over |= {"foresight.source": "ema", "foresight.k": 3}
+            f = build_config(None, over).foresight
+            block = f.student_block
+            if variant == "mirai-i":
+                source = FeatureTableSource(torch.randn(4096, self.shape.n_tokens, 128).half())
+            else:
+                source = TeacherSource(ema, f.teacher_block)
+            layout = build_layout(f.layout, f.k, self.shape.grid)
+            heads = ForesightHeads(f, layout, self.shape.dim, source.dim, self.shape.n_tokens, 1000,
+                                   self.shape.vocab_size)
+        params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+        x, y = self.x, self.y
+        index = torch.arange(self.batch)
+        step_no = [0]
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits, hidden = model(x[:, :-1], y, hidden_blocks=(block,) if heads is not None else ())
+                loss = F.cross_entropy(logits.flatten(0, 1), x.flatten())
+                if heads is not None:
+                    aux, _ = heads(hidden[block], source.targets(x, y, index), step_no[0])
+                    loss = loss + aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            update_ema(ema, model, 0.999, step_no[0])
+            step_no[0] += 1
+
+        return step
+
+
+def interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: int, inner: int) -> dict[str, float]:
+    """Median seconds per call of each closure, measured round-robin."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t) / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def bench_sampling(shape: GPTShape, n: int, repeats: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = GPT(shape).eval()
+    with torch.no_grad():
+        model.output.weight.normal_(0, 0.02)  # a zero head would sample uniformly; any weights do
+    labels = torch.arange(n) % shape.num_classes
+    outs = {}
+
+    def run(cache: bool) -> Callable[[], None]:
+        def fn() -> None:
+            outs[cache] = sample_tokens(model, labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(0),
+                                        use_cache=cache)
+        return fn
+
+    times = interleaved({"kv_cache": run(True), "recompute": run(False)}, warmup=1, repeats=repeats, inner=1)
+    tokens = n * shape.n_tokens
+    return {"kv_cache_tokens_per_s": tokens / times["kv_cache"], "recompute_tokens_per_s": tokens / times["recompute"],
+            "kv_speedup": times["recompute"] / times["kv_cache"], "same_outputs": bool(torch.equal(outs[True],
+                                                                                                  outs[False]))}
+
+
+def bench_eval_share(repeats: int = 3) -> dict[str, float]:
+    """Eval seconds of a `standard` run (5 curve evals + the final one) over its training seconds."""
+    from .data.tokens import prepare_tokens
+    from .evaluate.evaluator import Evaluator
+    from .store import cache_dir
+
+    cfg = build_config(None, {}, "standard")
+    root = Path(os.environ.get("MIRAI_LAB_RESULTS", "results"))
+    data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(root))
+    shape = GPTShape(data.vocab_size, data.num_classes, data.grid, cfg.model.n_layer, cfg.model.dim,
+                     cfg.model.n_head, cfg.model.ffn_hidden)
+    ev = Evaluator(cfg, data, cache_dir(root))
+    ev.classifier  # noqa: B018 - trained/cached outside the timed region, as a run reuses the cache
+    ev.floors(cfg.eval.n_samples_final)
+    torch.manual_seed(0)
+    model = GPT(shape).eval()
+    evals = cfg.train.steps // cfg.train.eval_every
+    t = time.perf_counter()
+    for _ in range(evals):
+        ev.in_training(model, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ev.final(model, Path(tmp), cfg.train.steps)
+    eval_s = time.perf_counter() - t
+    step_s = interleaved({"step": StepBench(cfg.model.preset, cfg.train.batch_size).make("baseline", "fp32")},
+                         warmup=3, repeats=repeats, inner=5)["step"]
+    train_s = step_s * cfg.train.steps
+    return {"eval_s": eval_s, "train_s_estimated": train_s, "eval_share": eval_s / (eval_s + train_s)}
+
+
+def bench_smoke_sweep() -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mirai_lab", "sweep", "--axis", "layout", "--budget", "smoke",
+                        "--seeds", "1", "--results-dir", tmp, "--json"], check=True, capture_output=True)
+        return time.perf_counter() - t
+
+
+def environment_lines() -> list[str]:
+    from .reproduce import environment
+
+    env = environment()
+    return [f"- {k}: {v}" for k, v in env.items()] + [f"- torch threads: {torch.get_num_threads()}"]
+
+
+def run_bench(out_dir: Path, presets: list[str], repeats: int, quick: bool) -> Path:
+    rows: list[dict[str, Any]] = []
+    lines = ["# mirai-lab benchmarks", "", f"Command: `mirai-lab bench{' --quick' if quick else ''}`; "
+             f"medians of {repeats} interleaved repeats.", "", "## Environment", "", *environment_lines(), ""]
+    peak = {"fp32": peak_matmul_flops(torch.float32), "bf16": peak_matmul_flops(torch.bfloat16)}
+    lines += ["## Peak matmul (2048^3)", "", "| dtype | GFLOP/s |", "|---|---|"]
+    lines += [f"| {k} | {v / 1e9:.1f} |" for k, v in peak.items()] + [""]
+    lines += ["## Training step", "", "| preset | variant | precision | step ms | tokens/s | x baseline fp32 | "
+              "GFLOP/s | % of peak (same dtype) |", "|---|---|---|---|---|---|---|---|"]
+    for preset in presets:
+        sb = StepBench(preset, 64)
+        fns = {(v, p): sb.make(v, p) for v in ("baseline", "mirai-i", "mirai-e") for p in ("fp32", "bf16")}
+        times = interleaved({f"{v}|{p}": fn for (v, p), fn in fns.items()}, warmup=3, repeats=repeats,
+                            inner=3 if quick else 5)
+        base = times["baseline|fp32"]
+        flops = train_flops(sb.shape, sb.batch)
+        for key, sec in times.items():
+            variant, precision = key.split("|")
+            tokens = sb.batch * sb.shape.n_tokens / sec
+            achieved = flops / sec
+            row = {"section": "train", "preset": preset, "variant": variant, "precision": precision,
+                   "step_ms": sec * 1e3, "tokens_per_s": tokens, "ratio_to_baseline_fp32": sec / base,
+                   "gflops": achieved / 1e9, "peak_fraction": achieved / peak[precision]}
+            rows.append(row)
+            lines.append(f"| {preset} | {variant} | {precision} | {sec * 1e3:.1f} | {tokens:,.0f} | {sec / base:.2f} | "
+                         f"{achieved / 1e9:.1f} | {100 * achieved / peak[precision]:.0f}% |")
+        for p in ("fp32", "bf16"):
+            for v in ("mirai-i", "mirai-e"):
+                lines.append(f"\n{preset} {p}: {v} step time = {times[f'{v}|{p}'] / times[f'baseline|{p}']:.2f}x "
+                             "the baseline's (same precision)")
+    lines += [""]
+    shape = StepBench(presets[0], 1).shape
+    s = bench_sampling(shape, 250, repeats=max(1, repeats // 2))
+    rows.append({"section": "sampling", **s})
+    lines += ["## Sampling (250 samples, CFG 2.0)", "", f"- KV cache: {s['kv_cache_tokens_per_s']:,.0f} tokens/s",
+              f"- recompute: {s['recompute_tokens_per_s']:,.0f} tokens/s",
+              f"- speed-up: {s['kv_speedup']:.1f}x; identical outputs: {s['same_outputs']}", ""]
+    e = bench_eval_share()
+    rows.append({"section": "eval", **e})
+    lines += ["## Evaluation share of a `standard` run", "",
+              f"- evaluation {e['eval_s']:.1f} s vs training {e['train_s_estimated']:.1f} s (median step x steps): "
+              f"{100 * e['eval_share']:.1f}% of the run", ""]
+    if not quick:
+        sweep_s = bench_smoke_sweep()
+        rows.append({"section": "smoke_sweep", "wall_s": sweep_s})
+        lines += ["## Smoke sweep end to end", "", f"- `sweep --axis layout --budget smoke --seeds 1`: {sweep_s:.1f} s",
+                  ""]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows.append({"section": "memory", "max_rss_mb": rss})
+    lines += ["## Memory", "", f"- peak resident memory of the benchmark process: {rss:.0f} MiB", ""]
+    buf = io.StringIO()
+    keys = sorted({k for r in rows for k in r})
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "results.csv", buf.getvalue())
+    path = out_dir / "results.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
