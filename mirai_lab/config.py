@@ -51,7 +51,8 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 64
+    batch_size: int = 64  # global batch: split across DDP ranks, then into grad_accum micro-batches
+    grad_accum: int = 1  # micro-batches per rank and step (memory, not the result: left out of the run id)
     lr: float = 1e-4
     lr_schedule: str = "constant"  # constant | cosine
     warmup_steps: int = 0
@@ -316,6 +317,8 @@ def validate(cfg: RunConfig) -> None:
         _check(0.0 <= value < 1.0, f"model.{name}={value}: expected 0 <= value < 1")
     _check(t.steps >= 1, f"train.steps={t.steps}: expected >= 1")
     _check(t.batch_size >= 1, f"train.batch_size={t.batch_size}: expected >= 1")
+    _check(t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,
+           f"train.grad_accum={t.grad_accum}: expected >= 1 and a divisor of train.batch_size={t.batch_size}")
     _check(t.lr > 0, f"train.lr={t.lr}: expected > 0")
     _check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay={t.ema_decay}: expected 0 <= value < 1")
     _check(t.eval_every >= 1, f"train.eval_every={t.eval_every}: expected >= 1")

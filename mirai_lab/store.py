@@ -72,6 +72,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        from .errors import UserError
+
+        raise UserError(f"could not write {path}: {exc.strerror or exc}; the previous version is kept") from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -114,8 +118,12 @@ def load_tensors(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"refusing to load {path}: it is not a plain tensor file ({exc})") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
+        globals_ = [ln.strip() for ln in str(exc).splitlines() if "global" in ln.lower()]
+        if globals_:  # a pickled object beyond tensors and containers
+            reason = globals_[0]
+            raise UserError(f"refusing to load {path}: it carries pickled objects, not only tensors ({reason})") from exc
+        raise CorruptFile(f"{path} is unreadable or truncated: {exc}") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CorruptFile(f"{path} is unreadable or truncated: {exc}") from exc
 
 

@@ -72,11 +72,15 @@ def run_sequential(plan: Plan, root: Path, retry_failed: bool, monitor: Any) -> 
         monitor.refresh()
 
 
-def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: bool, threads: int | None,
-                heartbeat_s: int = 30) -> int:
-    """Claim and train runs until none is left; returns how many this worker trained."""
+def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: bool, threads: int | None) -> int:
+    """Claim and train runs until none is left; returns how many this worker trained.
+
+    A dead worker's claim is re-issued after 3 missed heartbeats ($MIRAI_LAB_HEARTBEAT_S,
+    default 30 s).
+    """
     from .claim import RunQueue, open_storage
 
+    heartbeat_s = int(os.environ.get("MIRAI_LAB_HEARTBEAT_S", "30"))
     storage = open_storage(storage_url, root / "sweeps" / plan.name / "journal.log", heartbeat_s=heartbeat_s)
     queue = RunQueue(storage, plan.name, [r.run_id for r in plan.unique_runs],
                      lambda rid: run_state(run_dir(root, rid)) == "done", retry_failed=retry_failed)

@@ -26,6 +26,7 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
     path = axis_spec_path(axis) if axis else Path(experiment)  # type: ignore[arg-type]
     plan = load_plan(path, budget=budget, seeds=seeds, overrides=parse_set(set_items))
     if as_worker:
+        write_manifest(plan, root, "mirai-lab " + shlex.join(argv))
         threads = int(os.environ.get("MIRAI_LAB_WORKER_THREADS", "0")) or None
         worker_loop(plan, root, storage, retry_failed, threads)
         return None

@@ -4,6 +4,10 @@ Reproducibility contract: the batch order is a pure function of (seed, step), th
 RNG (dropout, class dropout) is saved with every checkpoint, and evaluation draws from its
 own generators, so a run killed and restarted ends with the same curve and weights as an
 uninterrupted one (CPU, same seed).
+
+Under torchrun the same loop runs on every rank (see distributed.py): each rank trains on
+its slice of the global batch, optionally in `train.grad_accum` micro-batches, and rank 0
+alone evaluates and writes the run files.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .config import RunConfig
 from .curve import Curve
 from .data.tokens import TokenData, prepare_tokens
+from .distributed import init_distributed
 from .errors import UserError
 from .foresight.encoders import encoder_features
 from .foresight.layout import build_layout
@@ -48,7 +54,7 @@ from .store import (
     write_json,
 )
 
-INJECT_NAN_ENV = "MIRAI_LAB_INJECT_NAN_AT"  # fault injection for the reliability suite
+INJECT_NAN_ENV = "MIRAI_LAB_INJECT_NAN_AT"  # "STEP" or "RUN_ID:STEP": fault injection for the reliability suite
 
 
 class Diverged(Exception):
@@ -56,9 +62,10 @@ class Diverged(Exception):
 
 
 def run_id_of(cfg: RunConfig) -> str:
-    """Hash of the resolved config; the thread count changes speed, not the run, so it is left out."""
+    """Hash of the resolved config; the thread count and the micro-batching change speed and
+    memory, not the run, so they are left out."""
     d = cfg.to_dict()
-    d["train"] = {k: v for k, v in d["train"].items() if k != "threads"}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("threads", "grad_accum")}
     return content_hash(d)
 
 
@@ -119,7 +126,8 @@ class Foresight:
     student_block: int
 
 
-def build_foresight(cfg: RunConfig, data: TokenData, shape: GPTShape, ema: GPT, root: Path) -> Foresight | None:
+def build_foresight(cfg: RunConfig, data: TokenData, shape: GPTShape, ema: GPT, root: Path,
+                    device: torch.device = torch.device("cpu")) -> Foresight | None:
     f = cfg.foresight
     if f.source == "none" and f.injection != "mtp":
         return None
@@ -131,12 +139,35 @@ def build_foresight(cfg: RunConfig, data: TokenData, shape: GPTShape, ema: GPT, 
         teacher = GPT(shape)
         load_gpt_weights(teacher, resolve_checkpoint(f.static_checkpoint, root))
         teacher.requires_grad_(False)
-        source = TeacherSource(teacher, f.teacher_block)
+        source = TeacherSource(teacher.to(device), f.teacher_block)
     elif f.source == "bidirectional":
-        source = FeatureTableSource(encoder_features(f.encoder, f.visibility, data, cache_dir(root)))
+        source = FeatureTableSource(encoder_features(f.encoder, f.visibility, data, cache_dir(root),
+                                                     features_dir=cfg.data.features_dir,
+                                                     weights=f.encoder_weights))
     d_target = source.dim if source is not None else shape.dim
     heads = ForesightHeads(f, layout, shape.dim, d_target, shape.n_tokens, cfg.train.steps, shape.vocab_size)
-    return Foresight(heads, source, f.student_block)
+    return Foresight(heads.to(device), source, f.student_block)
+
+
+class StepLoss(nn.Module):
+    """The model and the foresight heads as one module, so that DDP syncs the gradients of
+    both with one reducer and the loss of a (micro-)batch is a single forward call."""
+
+    def __init__(self, model: GPT, foresight: Foresight | None) -> None:
+        super().__init__()
+        self.model = model
+        self.heads = foresight.heads if foresight is not None else None
+        self.blocks = (foresight.student_block,) if foresight is not None else ()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None, step: int
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(total loss, NTP loss, per-head logs) of token grids x (B, N), labels y and foresight targets."""
+        logits, hidden = self.model(x[:, :-1], y, hidden_blocks=self.blocks)
+        ntp = F.cross_entropy(logits.flatten(0, 1), x.flatten())
+        if self.heads is None:
+            return ntp, ntp, {}
+        aux, logs = self.heads(hidden[self.blocks[0]], targets, step)
+        return ntp + aux, ntp, logs
 
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -148,7 +179,8 @@ def set_status(path: Path, state: str, **extra: Any) -> None:
 
 
 class Trainer:
-    """One run in one process. `run()` trains (or resumes) to the end and evaluates."""
+    """One run, in one process or one rank of a torchrun job. `run()` trains (or resumes) to
+    the end and evaluates (rank 0)."""
 
     def __init__(self, cfg: RunConfig, root: Path, progress: ProgressFn | None = None,
                  threads: int | None = None) -> None:
@@ -161,18 +193,26 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
-        torch.set_num_threads(self.threads)
-        self.data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(self.root))
-        torch.manual_seed(cfg.train.seed)
-        self.shape = model_shape(cfg, self.data)
-        self.model = GPT(self.shape)
-        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.foresight = build_foresight(cfg, self.data, self.shape, self.ema, self.root)
+        self.dist = init_distributed()
+        t = cfg.train
+        if t.batch_size % (self.dist.world * t.grad_accum):
+            raise UserError(f"train.batch_size={t.batch_size}: expected a multiple of {self.dist.world} ranks x "
+                            f"train.grad_accum={t.grad_accum}")
+        self.device = self.dist.device
+        # ranks on one CPU node share its cores
+        torch.set_num_threads(self.threads if not self.dist.active else max(1, self.threads // self.dist.local_world))
+        with self.dist.main_first():  # rank 0 builds the caches, the other ranks then read them
+            self.data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(self.root))
+            torch.manual_seed(t.seed)  # the same initial weights on every rank
+            self.shape = model_shape(cfg, self.data)
+            self.model = GPT(self.shape).to(self.device)
+            self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+            self.foresight = build_foresight(cfg, self.data, self.shape, self.ema, self.root, self.device)
+        self.step_loss = self.dist.wrap(StepLoss(self.model, self.foresight))
         modules: list[torch.nn.Module] = [self.model]
         if self.foresight is not None:
             modules.append(self.foresight.heads)
         self.params = [p for m in modules for p in m.parameters()]
-        t = cfg.train
         self.opt = torch.optim.AdamW(param_groups(modules, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2))
         self.curve = Curve(self.run_id)
         self.step = 0
@@ -191,7 +231,7 @@ class Trainer:
         if not path.exists():
             return False
         try:
-            state = load_tensors(path)
+            state = load_tensors(path)  # tensors come back on the CPU; load_state_dict copies them over
         except CorruptFile as exc:
             print(f"warning: {exc}; restarting run {self.run_id} from scratch")
             return False
@@ -210,39 +250,42 @@ class Trainer:
         return self.wall_offset + time.perf_counter() - self.t0
 
     def train_step(self, step: int, sums: dict[str, float], counts: dict[str, int]) -> None:
-        cfg = self.cfg
-        idx = batch_indices(self.data.train_idx, cfg.train.batch_size, cfg.train.seed, step)
-        crop = crop_indices(len(idx), self.data.n_crops, cfg.train.seed, step)
-        x = self.data.tokens(idx, crop)
-        y = self.data.labels[idx]
-        fs = self.foresight
-        blocks = (fs.student_block,) if fs is not None else ()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
-            logits, hidden = self.model(x[:, :-1], y, hidden_blocks=blocks)
-            ntp = F.cross_entropy(logits.flatten(0, 1), x.flatten())
-            loss = ntp
-            logs: dict[str, torch.Tensor] = {}
-            if fs is not None:
-                targets = fs.source.targets(x, y, idx, crop) if fs.source is not None else x
-                aux, logs = fs.heads(hidden[fs.student_block], targets, step)
-                loss = loss + aux
-        if os.environ.get(INJECT_NAN_ENV) == str(step):
-            loss = loss * float("nan")
-        if not torch.isfinite(loss):
-            raise Diverged(f"loss is {loss.item()} at step {step}")
+        cfg, t = self.cfg, self.cfg.train
+        idx = batch_indices(self.data.train_idx, t.batch_size, t.seed, step)
+        crop = crop_indices(len(idx), self.data.n_crops, t.seed, step)
+        if self.dist.active:
+            torch.manual_seed(self.dist.step_seed(t.seed, step))  # this rank's own dropout stream
+            idx, crop = self.dist.shard(idx), (self.dist.shard(crop) if crop is not None else None)
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.train.grad_clip)
-        self.opt.step()
-        update_ema(self.ema, self.model, cfg.train.ema_decay, step)
-        sums["train_ntp"] += float(ntp.detach())
-        counts["train_ntp"] += 1
-        for name, value in logs.items():
-            sums[name] += float(value)
+        n_micro = t.grad_accum
+        micro = len(idx) // n_micro
+        fs = self.foresight
+        for i in range(n_micro):
+            m_idx = idx[i * micro : (i + 1) * micro]
+            m_crop = crop[i * micro : (i + 1) * micro] if crop is not None else None
+            x = self.data.tokens(m_idx, m_crop).to(self.device)
+            y = self.data.labels[m_idx].to(self.device)
+            with self.dist.no_sync(self.step_loss, skip=i < n_micro - 1):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+                    targets = None
+                    if fs is not None:
+                        targets = x if fs.source is None else fs.source.targets(x, y, m_idx, m_crop).to(self.device)
+                    loss, ntp, logs = self.step_loss(x, y, targets, step)
+                if os.environ.get(INJECT_NAN_ENV) in (str(step), f"{self.run_id}:{step}"):
+                    loss = loss * float("nan")
+                if not self.dist.all_finite(loss):
+                    raise Diverged(f"loss is {loss.item()} at step {step}")
+                (loss / n_micro).backward()
+            for name, value in {"train_ntp": ntp, **logs}.items():
+                sums[name] += float(value.detach()) / n_micro
+        for name in ("train_ntp", *logs):
             counts[name] += 1
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+        self.opt.step()
+        update_ema(self.ema, self.model, t.ema_decay, step)
 
     def make_evaluator(self) -> Any:
         from .evaluate.evaluator import Evaluator
@@ -250,15 +293,20 @@ class Trainer:
         return Evaluator(self.cfg, self.data, cache_dir(self.root))
 
     def run(self, evaluator: Any = None) -> dict[str, Any]:
-        """Train from scratch or from the last checkpoint; evaluate; write final.json."""
+        """Train from scratch or from the last checkpoint; evaluate; write final.json.
+
+        Under torchrun only rank 0 evaluates and writes; the other ranks return a short summary
+        when training ends (the final evaluation may outlast any collective timeout)."""
         cfg = self.cfg
         self.setup()  # bad references (a missing static checkpoint, ...) fail here, before any write
-        config_path = self.dir / "config.json"
-        if not config_path.exists():
-            write_json(config_path, {"run_id": self.run_id, **cfg.to_dict()})
-        set_status(self.dir, "running")
+        main = self.dist.is_main
+        if main:
+            config_path = self.dir / "config.json"
+            if not config_path.exists():
+                write_json(config_path, {"run_id": self.run_id, **cfg.to_dict()})
+            set_status(self.dir, "running")
         resumed = self.try_resume()
-        evaluator = evaluator or self.make_evaluator()
+        evaluator = (evaluator or self.make_evaluator()) if main else None
         self.t0 = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -267,12 +315,21 @@ class Trainer:
                 self.train_step(self.step, sums, counts)
                 self.step += 1
                 if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
-                    self.log_eval(evaluator, sums, counts)
+                    names = sorted(sums)  # the curve logs the mean over ranks: the global batch
+                    sums.update(zip(names, self.dist.mean([sums[k] for k in names]), strict=True))
+                    if main:
+                        self.log_eval(evaluator, sums, counts)
                     sums.clear()
                     counts.clear()
         except Diverged as exc:
-            set_status(self.dir, "failed", error=f"diverged: {exc}", step=self.step)
+            if main:
+                set_status(self.dir, "failed", error=f"diverged: {exc}", step=self.step)
             raise
+        self.dist.barrier()  # every rank leaves the group together, before rank 0's final evaluation
+        self.dist.close()
+        if not main:
+            return {"run_id": self.run_id, "steps": self.step, "rank": self.dist.rank, "resumed": resumed,
+                    "wall_s": round(self.wall(), 2)}
         final = evaluator.final(self.ema, self.dir, self.step)
         final.update({"run_id": self.run_id, "steps": self.step, "wall_s": round(self.wall(), 2),
                       "resumed": resumed, "params": self.model.n_params()})

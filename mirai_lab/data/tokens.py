@@ -51,6 +51,10 @@ class TokenData:
 
 
 def prepare_tokens(data: DataConfig, tok: TokenizerConfig, cache: Path) -> TokenData:
+    if data.dataset == "codes":  # LlamaGen code folder: already tokenized, no pixels (see codes.py)
+        from .codes import load_code_folder
+
+        return load_code_folder(data.codes_dir, tok.codebook_size, data.val_fraction, data.split_seed, cache)
     images = load_images(data.dataset)
     h, w = images.size
     if h % tok.patch or w % tok.patch:

@@ -24,6 +24,7 @@ from ..data.tokens import TokenData
 from ..errors import UserError
 from ..model.gpt import GPTShape, RMSNorm, TransformerBlock, rope_2d
 from ..store import CorruptFile, content_hash, load_tensors, save_tensors
+from .dinov2 import FeatureShards, load_dinov2_features
 
 ENCODER_SETTINGS = {"n_layer": 4, "dim": 128, "n_head": 4, "steps": 400, "batch_size": 64, "lr": 1e-3,
                     "mask_min": 0.15, "mask_max": 0.75, "seed": 0, "version": 1}
@@ -98,11 +99,18 @@ def _train_encoder(kind: str, data: TokenData, visibility: str, s: dict) -> Bidi
     return enc.eval()
 
 
-def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path) -> torch.Tensor:
-    """(N_images, N_cells, d) fp16 features of every image, from the cache when present."""
+def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path, features_dir: str = "",
+                     weights: str = "") -> torch.Tensor | FeatureShards:
+    """(N_images, N_cells, d) fp16 features of every image, from the cache when present.
+
+    `dinov2` is never run here: its (N_images, n_crops, N_cells, d) table is read from the
+    shards that `mirai-lab prepare --encoder dinov2` wrote to `features_dir`, made with `weights`.
+    """
     if kind == "dinov2":
-        raise UserError("foresight.encoder='dinov2' reads pre-extracted features: run "
-                        "`mirai-lab prepare --encoder dinov2 ...` and set data.features_dir")
+        if not features_dir:
+            raise UserError("foresight.encoder='dinov2' reads pre-extracted features: run "
+                            "`mirai-lab prepare --encoder dinov2 ...` and set data.features_dir")
+        return load_dinov2_features(features_dir, data, weights)
     settings = dict(ENCODER_SETTINGS, kind=kind, visibility=visibility, data=data.key)
     key = content_hash(settings)
     path = cache / f"features-{kind}-{key}.pt"

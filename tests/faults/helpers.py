@@ -1,0 +1,73 @@
+"""Shared pieces of the fault-injection suite: a small sweep spec and result snapshots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SPEC = """
+[experiment]
+name = "faults"
+budget = "smoke"
+seeds = 1
+baseline = "baseline"
+
+[base]
+data = { dataset = "synthetic" }
+tokenizer = { codebook_size = 32, iters = 5 }
+model = { preset = "tiny" }
+train = { steps = 24, batch_size = 16, eval_every = 6 }
+eval = { metrics = false, n_samples = 20, n_samples_final = 20 }
+foresight = { k = 3, coef = 1.0 }
+
+[axes.source]
+baseline = { baseline = true }
+ema = { foresight = { source = "ema" } }
+mtp = { foresight = { injection = "mtp" } }
+"""
+
+
+def write_spec(folder: Path, text: str = SPEC) -> Path:
+    path = folder / "faults.toml"
+    path.write_text(text)
+    return path
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **extra}
+
+
+def sweep_cmd(spec: Path, results: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mirai_lab", "sweep", "--experiment", str(spec), "--results-dir", str(results),
+            "--json", *extra]
+
+
+def run_sweep(spec: Path, results: Path, *extra: str, **env_extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_cmd(spec, results, *extra), capture_output=True, text=True, env=env(**env_extra),
+                          timeout=900)
+
+
+def snapshot(results: Path) -> dict:
+    """Everything a finished sweep promises, minus wall-clock fields and resume flags."""
+    out: dict = {}
+    manifest = json.loads((results / "sweeps" / "faults" / "manifest.json").read_text())
+    out["manifest_runs"] = manifest["runs"]
+    for run in manifest["runs"]:
+        folder = results / "runs" / run["run_id"]
+        with open(folder / "curve.csv") as fh:
+            out[run["run_id"] + "/curve"] = [(r["step"], r["images_seen"], r["metric"], r["value"])
+                                              for r in csv.DictReader(fh)]
+        final = json.loads((folder / "final.json").read_text())
+        out[run["run_id"] + "/final"] = {k: v for k, v in final.items() if k not in ("wall_s", "resumed")}
+        out[run["run_id"] + "/status"] = json.loads((folder / "status.json").read_text())["state"]
+    return out
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -1,0 +1,195 @@
+"""Divergence, corruption, untrusted files, disk full, bad input: exact expected states."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+
+import pytest
+import torch
+from helpers import run_sweep, tree, write_spec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mirai_lab import store
+from mirai_lab.cli import main
+from mirai_lab.config import build_config
+from mirai_lab.errors import UserError
+from mirai_lab.train import Trainer
+
+TINY = {"data.dataset": "synthetic", "tokenizer.codebook_size": 32, "tokenizer.iters": 5, "model.preset": "tiny",
+        "train.steps": 12, "train.batch_size": 16, "train.eval_every": 6, "train.threads": 1,
+        "eval.metrics": False, "eval.n_samples": 20, "eval.n_samples_final": 20}
+
+
+@pytest.mark.slow
+def test_diverged_run_is_failed_with_step_and_the_sweep_goes_on(tmp_path):
+    spec = write_spec(tmp_path)
+    results = tmp_path / "r"
+    plan_ids = json.loads(run_sweep(spec, results, "--dry-run").stdout)["runs"]
+    ema_id = next(r["run_id"] for r in plan_ids if r["variant"] == "ema")
+    proc = run_sweep(spec, results, MIRAI_LAB_INJECT_NAN_AT=f"{ema_id}:9")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["done"], out["failed"]) == (2, 1)
+    status = json.loads((results / "runs" / ema_id / "status.json").read_text())
+    assert status["state"] == "failed" and status["step"] == 9 and "diverged" in status["error"]
+    # the report lists it instead of dropping it
+    from mirai_lab.report import write_report
+
+    report = write_report(results, ["faults"], tmp_path / "report", command="test").read_text()
+    assert ema_id in report and "failed" in report
+    # a rerun does not retry it, --retry-failed does (and it now succeeds)
+    again = json.loads(run_sweep(spec, results).stdout)
+    assert again["trained"] == 0 and again["failed"] == 1
+    retried = json.loads(run_sweep(spec, results, "--retry-failed").stdout)
+    assert (retried["done"], retried["failed"]) == (3, 0)
+
+
+def test_truncated_checkpoint_restarts_from_scratch(tmp_path, capsys):
+    cfg = build_config(None, TINY)
+    first = Trainer(cfg, tmp_path)
+    first.run()
+    ckpt = first.dir / "checkpoint.pt"
+    reference = torch.load(ckpt, weights_only=True)
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated mid-write by something outside our control
+    (first.dir / "status.json").write_text('{"state": "running"}')
+    again = Trainer(cfg, tmp_path)
+    final = again.run()
+    assert "unreadable or truncated" in capsys.readouterr().out
+    assert final["resumed"] is False
+    redo = torch.load(ckpt, weights_only=True)
+    assert all(torch.equal(redo["model"][k], v) for k, v in reference["model"].items())
+
+
+def test_corrupt_token_cache_is_rebuilt(tmp_path):
+    from mirai_lab.data.tokens import prepare_tokens
+
+    cfg = build_config(None, TINY)
+    data = prepare_tokens(cfg.data, cfg.tokenizer, tmp_path)
+    cache_file = next(tmp_path.glob("tokens-*.pt"))
+    cache_file.write_bytes(b"garbage")
+    again = prepare_tokens(cfg.data, cfg.tokenizer, tmp_path)
+    assert torch.equal(again.codes, data.codes)
+    assert torch.load(cache_file, weights_only=True)["codes"].shape == data.codes.shape
+
+
+def test_checkpoint_with_pickle_payload_is_refused(tmp_path):
+    cfg = build_config(None, TINY)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.run()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": Payload()}, trainer.dir / "checkpoint.pt")
+    (trainer.dir / "status.json").write_text('{"state": "running"}')
+    with pytest.raises(UserError, match="refusing to load"):
+        Trainer(cfg, tmp_path).run()
+
+
+def test_disk_full_keeps_previous_file_and_says_so(tmp_path, monkeypatch):
+    target = tmp_path / "final.json"
+    store.write_json(target, {"v": 1})
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "replace", no_space)
+    with pytest.raises(UserError, match="No space left on device; the previous version is kept"):
+        store.write_json(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["final.json"]  # no temp file left behind
+
+
+def test_write_interrupted_mid_file_never_exposes_half_a_file(tmp_path):
+    target = tmp_path / "curve.csv"
+    store.write_text(target, "old\n")
+    with pytest.raises(RuntimeError):
+        with store.atomic_path(target) as tmp:
+            tmp.write_text("half of the new con")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["curve.csv"]
+
+
+def cli_exit(argv: list[str], capsys) -> tuple[int, str]:
+    old = sys.argv
+    sys.argv = ["mirai-lab", *argv]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
+
+
+KEYS = ["train.steps", "train.lr", "train.batch_size", "model.preset", "foresight.source", "foresight.k",
+        "foresight.layout", "foresight.student_block", "foresight.coef", "eval.top_p", "data.val_fraction",
+        "train.bogus", "nosuch.key", "foresight.schedule"]
+BAD_VALUES = {"train.steps": ["0", "-3", "x", "1.5"], "train.lr": ["0", "-1", "abc"],
+              "train.batch_size": ["0", "many"], "model.preset": ["huge", ""],
+              "foresight.source": ["future", "EMA"], "foresight.k": ["0", "k"], "foresight.layout": ["3d"],
+              "foresight.student_block": ["99"], "foresight.coef": ["-2", "lots"], "eval.top_p": ["0", "1.5"],
+              "data.val_fraction": ["0", "1", "2"], "train.bogus": ["1"], "nosuch.key": ["1"],
+              "foresight.schedule": ["linear"]}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(KEYS), data=st.data(), command=st.sampled_from(["train", "sweep"]))
+def test_bad_overrides_exit_2_one_line_nothing_written(tmp_path, capsys, key, data, command):
+    value = data.draw(st.sampled_from(BAD_VALUES[key]))
+    results = tmp_path / "results"
+    before = tree(tmp_path)
+    argv = [command, "--set", f"{key}={value}", "--results-dir", str(results)]
+    if command == "sweep":
+        argv += ["--axis", "layout", "--budget", "smoke"]
+    code, err = cli_exit(argv, capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert key.split(".")[-1] in lines[0] or key in lines[0]
+    assert tree(tmp_path) == before
+
+
+TOML_JUNK = st.sampled_from([
+    "[experiment\nname='x'", "[experiment]\nseeds = 'three'", "[experiment]\nseeds = 0", "[unknown]\na=1",
+    "[experiment]\nname='ok'\n[axes.a]\nv = 3", "[experiment]\nname='ok'\n[axes.a]\nv = { model = { dim = 'wide' } }",
+    "[experiment]\nname='ok'\n[axes.a]\nv = { bogus = { x = 1 } }", "[experiment]\nname='ok'",
+    "[experiment]\nname='ok'\nbaseline='nope'\n[axes.a]\nv = { train = { steps = 3 } }",
+    "[experiment]\nname='bad name!'\n[axes.a]\nv = { train = { steps = 3 } }", "\x00\x01binary",
+    "[experiment]\nname='ok'\n[base]\ntrain = { lr = -1 }\n[axes.a]\nv = { train = { steps = 3 } }",
+])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TOML_JUNK, extra=st.sampled_from(["", "\n# comment\n"]))
+def test_malformed_specs_exit_2(tmp_path, capsys, text, extra):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text + extra)
+    results = tmp_path / "results"
+    code, err = cli_exit(["sweep", "--experiment", str(spec), "--results-dir", str(results)], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("argv", [["train", "--bogus"], ["sweep"], ["sweep", "--axis", "layout", "--workers", "0"],
+                                  ["tune", "--source", "nope"], ["bench", "--presets", "xl9"],
+                                  ["sample", "missing-run"], ["eval"], ["report", "nosweep"]])
+def test_bad_cli_options_exit_2(tmp_path, capsys, argv):
+    code, err = cli_exit([*argv, "--results-dir", str(tmp_path / "r")] if argv[0] != "bench" else argv, capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_write_spec_helper_is_a_valid_sweep(tmp_path):
+    from mirai_lab.spec import load_plan
+
+    plan = load_plan(write_spec(tmp_path))
+    assert [r.variant for r in plan.runs] == ["baseline", "ema", "mtp"]
