@@ -122,7 +122,7 @@ def sample(
 def eval_(
     run: Annotated[str | None, typer.Argument(help="Run id or directory (omit with --floors).")] = None,
     floors_: Annotated[bool, typer.Option("--floors", help="Print the real-vs-real / noise floors.")] = False,
-    n: Annotated[int | None, typer.Option("--n", min=2, help="Sample count (default: eval.n_samples_final).")] = None,
+    n: Annotated[int | None, typer.Option("--n", min=4, help="Sample count (default: eval.n_samples_final).")] = None,
     extractor: Annotated[str | None, typer.Option(help="domain | inception-v3-compat")] = None,
     set_: SetOpt = None,
     results_dir: ResultsOpt = None,

@@ -100,8 +100,8 @@ class Evaluator:
         if path.exists():
             return json.loads(path.read_text())
         d = self.data
-        val = d.images.images[d.val_idx][:n]
-        decoded = d.tokenizer.decode(d.codes[d.val_idx][:n])
+        val = d.images.images[d.val_idx]  # floors() draws n at random: a slice would be class-sorted
+        decoded = d.tokenizer.decode(d.tokens(d.val_idx))
         out = floors(d.images.images[d.train_idx], val, decoded, self.classifier, min(n, len(val)))
         write_json(path, out)
         return out

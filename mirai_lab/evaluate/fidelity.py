@@ -126,8 +126,9 @@ def _calculate(fake: Tensor, real: Tensor, extractor: str, suffix: str, flags: d
     # When a subset is all of both sets, every subset gives the same (order-free) estimate.
     kid_subsets = 1 if n_fake == n_real == kid_subset else DEFAULTS["kid_subsets"]
     kwargs = {
-        "input1": _Images(fake),
-        "input2": _Images(real),
+        # torch-fidelity moves batches to the GPU itself (and pins CPU memory on the way)
+        "input1": _Images(fake.detach().cpu()),
+        "input2": _Images(real.detach().cpu()),
         "feature_extractor": extractor,
         "cuda": torch.cuda.is_available(),
         "batch_size": 256,
