@@ -324,7 +324,7 @@ def validate(cfg: RunConfig) -> None:
     _check(t.eval_every >= 1, f"train.eval_every={t.eval_every}: expected >= 1")
     _check(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}: expected >= 0")
     _check(t.threads >= 0, f"train.threads={t.threads}: expected >= 0")
-    _check(e.n_samples >= 2 and e.n_samples_final >= 2, "eval.n_samples and eval.n_samples_final: expected >= 2")
+    _check(e.n_samples >= 4 and e.n_samples_final >= 4, "eval.n_samples and eval.n_samples_final: expected >= 4")
     _check(e.temperature > 0, f"eval.temperature={e.temperature}: expected > 0")
     _check(0.0 < e.top_p <= 1.0, f"eval.top_p={e.top_p}: expected 0 < value <= 1")
     _check(e.top_k >= 0, f"eval.top_k={e.top_k}: expected >= 0")

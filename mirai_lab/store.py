@@ -121,7 +121,8 @@ def load_tensors(path: Path) -> Any:
         globals_ = [ln.strip() for ln in str(exc).splitlines() if "global" in ln.lower()]
         if globals_:  # a pickled object beyond tensors and containers
             reason = globals_[0]
-            raise UserError(f"refusing to load {path}: it carries pickled objects, not only tensors ({reason})") from exc
+            raise UserError(f"refusing to load {path}: it carries pickled objects, not only tensors "
+                            f"({reason})") from exc
         raise CorruptFile(f"{path} is unreadable or truncated: {exc}") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CorruptFile(f"{path} is unreadable or truncated: {exc}") from exc
