@@ -54,6 +54,35 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "eval.n_samples": 250,
         "eval.n_samples_final": 1000,
     },
+    # The paper's ablation length on ImageNet codes (GPUs, torchrun): 80 epochs of LlamaGen's
+    # loader, whose epoch is floor(1,281,167 / 256) = 5,004 steps (drop_last), so 400,320
+    # steps (1,281,167 * 80 / 256 = 400,365 without dropping the last partial batch); the
+    # 300-epoch runs are --set train.steps=1501200. LlamaGen's optimiser and regularisation;
+    # 1% of the images are held out for the validation NLL, the only in-training metric
+    # without a pixel decoder (FID at this scale is computed from the checkpoint, docs/scale.md).
+    "paper": {
+        "data.dataset": "codes",
+        "data.val_fraction": 0.01,
+        "tokenizer.codebook_size": 16384,
+        "model.preset": "gpt-b",
+        "model.token_dropout": 0.1,
+        "model.resid_dropout": 0.1,
+        "model.ffn_dropout": 0.1,
+        "model.class_dropout": 0.1,
+        "train.steps": 400_320,
+        "train.batch_size": 256,
+        "train.lr": 1e-4,
+        "train.lr_schedule": "constant",
+        "train.warmup_steps": 0,
+        "train.weight_decay": 0.05,
+        "train.beta1": 0.9,
+        "train.beta2": 0.95,
+        "train.grad_clip": 1.0,
+        "train.ema_decay": 0.9999,
+        "train.precision": "bf16",
+        "train.eval_every": 5_004,
+        "eval.metrics": False,
+    },
 }
 
 

@@ -46,8 +46,9 @@ def reproduce_table(table: str, root: Path, *, budget: str | None, seeds: int | 
         raise UserError(f"{table!r}: expected one of {', '.join(TABLES)}")
     spec = EXPERIMENTS_DIR / f"{table}.toml"
     t0 = time.perf_counter()
-    sweep_args = ["sweep", "--experiment", str(spec)] + (["--budget", budget] if budget else []) + \
-        (["--seeds", str(seeds)] if seeds else [])
+    sweep_args = ["sweep", "--experiment", str(spec), "--results-dir", str(root)] + \
+        (["--budget", budget] if budget else []) + (["--seeds", str(seeds)] if seeds else []) + \
+        [arg for item in set_items for arg in ("--set", item)]
     out = run_sweep(axis=None, experiment=spec, set_items=set_items, budget=budget, seeds=seeds, workers=workers,
                     storage=None, retry_failed=False, dry_run=False, root=root, as_json=False, as_worker=False,
                     argv=sweep_args)
