@@ -159,30 +159,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise UserError(f"{key}={value!r}: expected true or false")
-    if typ is int:
-        if isinstance(value, bool):
-            raise UserError(f"{key}={value!r}: expected an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise UserError(f"{key}={value!r}: expected an integer")
-    if typ is float:
-        if isinstance(value, bool):
-            raise UserError(f"{key}={value!r}: expected a number")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"{key}={value!r}: expected a number")
+    if typ in (int, float):
+        return _number(key, value, typ)
     if typ is str:
         if isinstance(value, str):
             return value
@@ -190,6 +168,21 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             return str(value)
         raise UserError(f"{key}={value!r}: expected a string")
     raise TypeError(f"unsupported config type {typ}")  # a bug in this module, not user input
+
+
+def _number(key: str, value: Any, typ: type) -> int | float:
+    """int fields accept integral floats (TOML `3.0`) and digit strings; floats accept any number."""
+    expected = "an integer" if typ is int else "a number"
+    if isinstance(value, str):
+        try:
+            value = typ(value)
+        except ValueError:
+            raise UserError(f"{key}={value!r}: expected {expected}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(f"{key}={value!r}: expected {expected}")
+    if typ is int and not float(value).is_integer():
+        raise UserError(f"{key}={value!r}: expected {expected}")
+    return typ(value)
 
 
 def _field_types(cls: type) -> dict[str, Any]:

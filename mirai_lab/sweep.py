@@ -101,11 +101,19 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
     return trained
 
 
-def spawn_workers(argv: list[str], n: int, threads: int) -> list[subprocess.Popen]:
-    """N copies of this sweep command as claiming workers, each with its share of the cores."""
+def spawn_workers(argv: list[str], n: int, threads: int, log_dir: Path) -> list[subprocess.Popen]:
+    """N copies of this sweep command as claiming workers, each with its share of the cores.
+
+    Their stderr goes to worker-<i>.log beside the manifest (a pipe nobody reads could fill
+    up and stall a worker)."""
     env = dict(os.environ, MIRAI_LAB_WORKER_THREADS=str(threads))
     cmd = [sys.executable, "-m", "mirai_lab", *argv, "--as-worker"]
-    return [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(n):
+        with open(log_dir / f"worker-{i}.log", "wb") as log:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log))
+    return procs
 
 
 def summary(plan: Plan, root: Path) -> dict[str, int]:

@@ -57,13 +57,15 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
     with SweepMonitor(plan, root, quiet=as_json) as monitor:
         if workers > 1:
             threads = max(1, (os.cpu_count() or 1) // workers)
-            procs = spawn_workers([a for a in argv if a != "--as-worker"], workers, threads)
+            log_dir = mpath.parent
+            procs = spawn_workers([a for a in argv if a != "--as-worker"], workers, threads, log_dir)
             while any(p.poll() is None for p in procs):
                 monitor.refresh()
                 time.sleep(1.0)
-            errors = [p.stderr.read().decode().strip() for p in procs if p.returncode not in (0, None) and p.stderr]
-            if errors:
-                raise UserError(f"a sweep worker failed: {errors[0].splitlines()[-1]}")
+            failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+            if failed:
+                tail = (log_dir / f"worker-{failed[0]}.log").read_text().strip().splitlines() or ["no output"]
+                raise UserError(f"sweep worker {failed[0]} failed: {tail[-1]} (see {log_dir}/worker-{failed[0]}.log)")
         elif storage is not None:
             worker_loop(plan, root, storage, retry_failed, None)
         else:
