@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True)
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")]
-BudgetOpt = Annotated[str | None, typer.Option(help="Run length: smoke | quick | standard.")]
+BudgetOpt = Annotated[str | None, typer.Option(help="Run length: smoke | quick | standard | paper.")]
 ResultsOpt = Annotated[Path | None, typer.Option("--results-dir", envvar="MIRAI_LAB_RESULTS",
                                                  help="Results directory (default ./results).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
@@ -45,21 +45,46 @@ def _emit(obj: Any, as_json: bool, line: str) -> None:
 def prepare(
     set_: SetOpt = None,
     budget: BudgetOpt = None,
+    encoder: Annotated[str | None, typer.Option(help="dinov2: extract Mirai-I features for a code folder.")] = None,
+    weights: Annotated[str | None, typer.Option(help="DINOv2 state dict (local file; never downloaded).")] = None,
+    hub: Annotated[str | None, typer.Option(help="Local torch.hub directory of the DINOv2 code.")] = None,
+    model: Annotated[str, typer.Option(help="Hub entry point.")] = "dinov2_vitb14",
+    images: Annotated[str | None, typer.Option(help="ImageFolder the codes were extracted from.")] = None,
+    codes: Annotated[str | None, typer.Option(help="LlamaGen code folder.")] = None,
+    out: Annotated[str | None, typer.Option(help="Feature shard folder (data.features_dir).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Image size the codes were made at.")] = None,
+    grid: Annotated[int | None, typer.Option(help="Token grid side (default: from the codes).")] = None,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train and cache the tokenizer (and token codes) of the configured data set."""
+    """Fit and cache the tokenizer and token codes, or (--encoder dinov2) extract DINOv2 features."""
     from .config import build_config, parse_set
     from .data.tokens import prepare_tokens
     from .store import cache_dir
 
+    if encoder is not None:
+        if encoder != "dinov2":
+            raise UserError(f"--encoder {encoder!r}: expected dinov2 (mtm and pixel-ae are trained by train)")
+        missing = [name for name, v in (("--weights", weights), ("--images", images), ("--codes", codes),
+                                        ("--out", out)) if not v]
+        if missing:
+            raise UserError(f"--encoder dinov2 needs {', '.join(missing)}")
+        from .foresight.dinov2 import prepare_dinov2
+
+        info = prepare_dinov2(weights, images, codes, out, grid, hub=hub, model=model, image_size=image_size)
+        _emit(info, as_json, f"dinov2 features: {info['images']} images x {info['n_aug']} crops, grid "
+              f"{info['grid']}, dim {info['dim']}; {info['written']} shards written, {info['skipped']} kept "
+              f"-> {info['out']}")
+        return
     cfg = build_config(None, parse_set(set_ or []), budget)
     data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(_root(results_dir)))
+    mse = None if data.recon_mse is None else round(data.recon_mse, 5)
     info = {"dataset": cfg.data.dataset, "images": len(data.codes), "train": len(data.train_idx),
             "val": len(data.val_idx), "grid": list(data.grid), "codebook": data.vocab_size,
-            "recon_mse_val": round(data.recon_mse, 5), "cache_key": data.key}
-    _emit(info, as_json, f"tokenizer {data.key}: {cfg.data.dataset} {info['images']} images -> "
-          f"{data.grid[0]}x{data.grid[1]} grid, {data.vocab_size} codes, validation pixel MSE {data.recon_mse:.4f}")
+            "recon_mse_val": mse, "cache_key": data.key}
+    quality = f"validation pixel MSE {mse:.4f}" if mse is not None else "no decoder (codes only)"
+    _emit(info, as_json, f"tokens {data.key}: {cfg.data.dataset} {info['images']} images -> "
+          f"{data.grid[0]}x{data.grid[1]} grid, {data.vocab_size} codes, {quality}")
 
 
 @app.command()
@@ -79,7 +104,11 @@ def train(
     if seed is not None:
         overrides["train.seed"] = seed
     cfg = build_config(load_spec_file(spec) if spec else None, overrides, budget)
-    final, run_path, skipped = run_with_progress(cfg, _root(results_dir), quiet=as_json)
+    from .distributed import is_main_process
+
+    final, run_path, skipped = run_with_progress(cfg, _root(results_dir), quiet=as_json or not is_main_process())
+    if not is_main_process():
+        return
     summary = {k: v for k, v in final.items() if not isinstance(v, dict)}
     head = "already done" if skipped else "done"
     metrics = ", ".join(f"{k} {final[k]:.4g}" for k in ("val_nll", "fid_domain", "is_domain", "class_acc")

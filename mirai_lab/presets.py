@@ -81,6 +81,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "train.ema_decay": 0.9999,
         "train.precision": "bf16",
         "train.eval_every": 5_004,
+        "foresight.projector_dim": 2048,  # the official projector width (used only when foresight is on)
         "eval.metrics": False,
     },
 }

@@ -23,6 +23,9 @@ console = Console(stderr=True)
 def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str], budget: str | None,
               seeds: int | None, workers: int, storage: str | None, retry_failed: bool, dry_run: bool,
               root: Path, as_json: bool, as_worker: bool, argv: list[str]) -> dict[str, Any] | None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("sweep runs one process per run: start one sweep worker per GPU (CUDA_VISIBLE_DEVICES), "
+                        "not under torchrun")
     path = axis_spec_path(axis) if axis else Path(experiment)  # type: ignore[arg-type]
     plan = load_plan(path, budget=budget, seeds=seeds, overrides=parse_set(set_items))
     if as_worker:

@@ -113,6 +113,20 @@ def test_grad_accum_in_one_process_matches_the_full_batch(tmp_path, tiny_overrid
         torch.testing.assert_close(b["model"][name], tensor, atol=DDP_ATOL, rtol=0)
 
 
+def test_paper_budget_is_llamagens_recipe_for_80_epochs():
+    cfg = build_config(None, {"data.codes_dir": "/codes"}, "paper")
+    m, t = cfg.model, cfg.train
+    assert (m.n_layer, m.dim, m.n_head, m.ffn_hidden) == (12, 768, 12, 2048)
+    assert (m.token_dropout, m.resid_dropout, m.ffn_dropout, m.class_dropout) == (0.1, 0.1, 0.1, 0.1)
+    assert (t.lr, t.lr_schedule, t.warmup_steps, t.beta1, t.beta2, t.weight_decay, t.grad_clip) == \
+        (1e-4, "constant", 0, 0.9, 0.95, 0.05, 1.0)
+    assert (t.batch_size, t.precision, t.ema_decay) == (256, "bf16", 0.9999)
+    assert t.steps == 80 * (1_281_167 // 256) and t.eval_every == 1_281_167 // 256  # LlamaGen's drop_last epoch
+    assert (cfg.data.dataset, cfg.tokenizer.codebook_size) == ("codes", 16384)
+    with pytest.raises(UserError, match="needs data.codes_dir"):
+        build_config(None, {}, "paper")
+
+
 # --- LlamaGen code folders ----------------------------------------------------------------------------------------
 
 def write_hub(root: Path) -> Path:

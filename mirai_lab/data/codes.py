@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..store import CorruptFile, atomic_path, content_hash, load_tensors, save_tensors
+from ..store import CorruptFile, atomic_path, cache_lock, content_hash, load_tensors, save_tensors
 from .images import split_indices
 from .tokens import TokenData
 
@@ -134,18 +134,15 @@ def load_code_folder(codes_dir: str, codebook_size: int, val_fraction: float, sp
     fingerprint, n = folder_fingerprint(codes, labels)
     key = content_hash({"codes": fingerprint, "version": 1})
     packed, meta = cache / f"codes-{key}.npy", cache / f"codes-{key}.pt"
-    blob = None
-    if packed.exists() and meta.exists():
+    with cache_lock(meta):  # sweep workers starting together pack the folder once
         try:
             blob = load_tensors(meta)
             array = np.load(packed, mmap_mode="c")  # copy-on-write: writable for torch, shared pages
-        except (CorruptFile, ValueError, OSError):
-            blob = None
-    if blob is None:
-        label_tensor, max_code = _pack(codes, labels, n, packed)
-        blob = {"labels": label_tensor, "max_code": torch.tensor(max_code)}
-        save_tensors(meta, blob)  # written last: its presence says the packed codes are complete
-        array = np.load(packed, mmap_mode="c")
+        except (CorruptFile, ValueError, OSError):  # absent, or cut short by a kill: pack again
+            label_tensor, max_code = _pack(codes, labels, n, packed)
+            blob = {"labels": label_tensor, "max_code": torch.tensor(max_code)}
+            save_tensors(meta, blob)  # written last: its presence says the packed codes are complete
+            array = np.load(packed, mmap_mode="c")
     max_code = int(blob["max_code"])
     if max_code >= codebook_size:
         raise UserError(f"tokenizer.codebook_size={codebook_size}: the codes in {str(codes)!r} go up to {max_code}; "

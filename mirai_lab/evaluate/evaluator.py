@@ -38,6 +38,8 @@ class Evaluator:
         self.cache = cache
         self._classifier = None
         self._reference: dict[int, torch.Tensor] = {}
+        # code folders without a decoder have no pixels: only NLL and structure are measured
+        self.has_pixels = data.tokenizer is not None and data.images is not None
 
     @property
     def classifier(self) -> Any:
@@ -63,7 +65,8 @@ class Evaluator:
         total, count = 0.0, 0
         for i in range(0, len(idx), SAMPLE_CHUNK):
             b = idx[i : i + SAMPLE_CHUNK]
-            x, y = self.data.tokens(b), self.data.labels[b]
+            dev = _device(model)
+            x, y = self.data.tokens(b).to(dev), self.data.labels[b].to(dev)
             logits, _ = model(x[:, :-1], y)
             total += float(F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="sum"))
             count += x.numel()
@@ -72,10 +75,11 @@ class Evaluator:
     @torch.no_grad()
     def samples(self, model: GPT, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         e = self.cfg.eval
+        dev = _device(model)
         labels = torch.arange(n) % self.data.num_classes
-        g = torch.Generator().manual_seed(SAMPLE_SEED)
-        codes = torch.cat([sample_tokens(model, labels[i : i + SAMPLE_CHUNK], e.cfg_scale, e.temperature, e.top_k,
-                                         e.top_p, generator=g) for i in range(0, n, SAMPLE_CHUNK)])
+        g = torch.Generator(device=dev).manual_seed(SAMPLE_SEED)
+        codes = torch.cat([sample_tokens(model, labels[i : i + SAMPLE_CHUNK].to(dev), e.cfg_scale, e.temperature,
+                                         e.top_k, e.top_p, generator=g).cpu() for i in range(0, n, SAMPLE_CHUNK)])
         return self.data.tokenizer.decode(codes), labels
 
     def sample_metrics(self, model: GPT, n: int) -> dict[str, float]:
@@ -89,7 +93,7 @@ class Evaluator:
 
     def in_training(self, model: GPT, step: int) -> dict[str, float]:
         row = {"val_nll": self.val_nll(model)}
-        if self.cfg.eval.metrics:
+        if self.cfg.eval.metrics and self.has_pixels:
             row.update(self.sample_metrics(model, self.cfg.eval.n_samples))
         return row
 
@@ -111,8 +115,10 @@ class Evaluator:
         """2D-structure score of block `block` on validation images (cell-indexed read states)."""
         model.eval()
         b = self.data.val_idx[:256]
-        _, hidden = model(self.data.tokens(b), self.data.labels[b], hidden_blocks=(block,), stop_after=block)
-        states = hidden[block][:, 1:].float()
+        dev = _device(model)
+        _, hidden = model(self.data.tokens(b).to(dev), self.data.labels[b].to(dev), hidden_blocks=(block,),
+                          stop_after=block)
+        states = hidden[block][:, 1:].float().cpu()
         h, w = self.data.grid
         structure_map(states, h, w, path)
         return structure_score(states, h, w)
@@ -122,9 +128,12 @@ class Evaluator:
         f = self.cfg.foresight
         block = f.student_block or max(1, round(2 * model.shape.n_layer / 3))
         out: dict[str, Any] = {"val_nll": self.val_nll(model)}
-        images, labels = self.samples(model, n)
-        write_sample_grid(images, labels, self.data.num_classes, run_dir / "samples.png")
-        if self.cfg.eval.metrics:
+        if not self.has_pixels:
+            out["metrics_note"] = "no pixel decoder for these codes: validation NLL and structure only"
+        else:
+            images, labels = self.samples(model, n)
+            write_sample_grid(images, labels, self.data.num_classes, run_dir / "samples.png")
+        if self.cfg.eval.metrics and self.has_pixels:
             out.update(self.sample_metrics(model, n))
             out["floors"] = self.floors(n)
             out["classifier_val_acc"] = self.classifier.val_accuracy
@@ -133,6 +142,10 @@ class Evaluator:
         out["tokenizer_mse"] = self.data.recon_mse
         out["n_samples_final"] = n
         return out
+
+
+def _device(model: GPT) -> torch.device:
+    return next(model.parameters()).device
 
 
 def write_sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, path: Path,

@@ -23,7 +23,7 @@ from ..data.tokenizer import to_patches
 from ..data.tokens import TokenData
 from ..errors import UserError
 from ..model.gpt import GPTShape, RMSNorm, TransformerBlock, rope_2d
-from ..store import CorruptFile, content_hash, load_tensors, save_tensors
+from ..store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors
 from .dinov2 import FeatureShards, load_dinov2_features
 
 ENCODER_SETTINGS = {"n_layer": 4, "dim": 128, "n_head": 4, "steps": 400, "batch_size": 64, "lr": 1e-3,
@@ -114,17 +114,17 @@ def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path, f
     settings = dict(ENCODER_SETTINGS, kind=kind, visibility=visibility, data=data.key)
     key = content_hash(settings)
     path = cache / f"features-{kind}-{key}.pt"
-    if path.exists():
-        try:
-            return load_tensors(path)["features"]
-        except (CorruptFile, KeyError):
-            path.unlink(missing_ok=True)
-    fork = torch.random.fork_rng()  # keep the caller's RNG stream untouched
-    with fork:
-        enc = _train_encoder(kind, data, visibility, settings)
-        all_idx = torch.arange(len(data.codes))
-        with torch.no_grad():
-            feats = torch.cat([enc.features(_inputs(kind, data, all_idx[i : i + 500])).half()
-                               for i in range(0, len(all_idx), 500)])
-    save_tensors(path, {"features": feats})
+    with cache_lock(path):
+        if path.exists():
+            try:
+                return load_tensors(path)["features"]
+            except (CorruptFile, KeyError):
+                path.unlink(missing_ok=True)
+        with torch.random.fork_rng():  # keep the caller's RNG stream untouched
+            enc = _train_encoder(kind, data, visibility, settings)
+            all_idx = torch.arange(len(data.codes))
+            with torch.no_grad():
+                feats = torch.cat([enc.features(_inputs(kind, data, all_idx[i : i + 500])).half()
+                                   for i in range(0, len(all_idx), 500)])
+        save_tensors(path, {"features": feats})
     return feats
