@@ -43,5 +43,5 @@ def test_ten_random_kills_then_rerun_equals_uninterrupted(tmp_path):
     final = run_sweep(spec, killed)
     assert final.returncode == 0, final.stderr
     assert snapshot(killed) == expected
-    leftovers = [p for p in killed.rglob("*.tmp")]
-    assert leftovers == [] or all(p.stat().st_size >= 0 for p in leftovers)
+    # a kill can leave a temp file behind, but only under a hidden temp name that nothing reads
+    assert all(p.name.startswith(".") for p in killed.rglob("*.tmp"))
