@@ -325,6 +325,13 @@ def validate(cfg: RunConfig) -> None:
 
 
 def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> None:
+    # ranges hold whatever the source, so a bad value never waits for the day it is switched on
+    _check(f.k >= 1, f"foresight.k={f.k}: expected >= 1")
+    _check(f.coef >= 0, f"foresight.coef={f.coef}: expected >= 0")
+    _check(0.0 <= f.warmup_frac < 1.0, f"foresight.warmup_frac={f.warmup_frac}: expected a fraction 0 <= value < 1")
+    _check(0.0 < f.step_at < 1.0, f"foresight.step_at={f.step_at}: expected a fraction 0 < value < 1")
+    _check(f.step_factor >= 0, f"foresight.step_factor={f.step_factor}: expected >= 0")
+    _check(f.projector_dim >= 0, f"foresight.projector_dim={f.projector_dim}: expected >= 0 (0 = model width)")
     active = f.source != "none" or f.injection == "mtp"
     if not active:
         _check(
@@ -336,7 +343,6 @@ def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> N
     if f.injection == "mtp":
         _check(f.source == "none", f"foresight.injection='mtp' predicts tokens; foresight.source={f.source!r} "
                "must be 'none'")
-    _check(f.k >= 1, f"foresight.k={f.k}: expected >= 1")
     _check(1 <= f.student_block <= m.n_layer,
            f"foresight.student_block={f.student_block}: expected 1..{m.n_layer} (model.n_layer)")
     if f.injection == "internal":
@@ -350,15 +356,11 @@ def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> N
     if f.source in ("ema", "static"):
         _check(1 <= f.teacher_block <= m.n_layer,
                f"foresight.teacher_block={f.teacher_block}: expected 1..{m.n_layer}")
-    _check(f.coef >= 0, f"foresight.coef={f.coef}: expected >= 0")
     _check(not f.head_coefs or len(f.head_coefs) == f.k,
            f"foresight.head_coefs has {len(f.head_coefs)} values; expected k={f.k}")
     _check(all(c >= 0 for c in f.head_coefs), "foresight.head_coefs: expected values >= 0")
-    _check(0.0 <= f.warmup_frac < 1.0, f"foresight.warmup_frac={f.warmup_frac}: expected a fraction 0 <= value < 1")
     _check(f.schedule != "delayed" or f.warmup_frac > 0,
            "foresight.schedule='delayed' needs foresight.warmup_frac > 0")
-    _check(0.0 < f.step_at < 1.0, f"foresight.step_at={f.step_at}: expected a fraction 0 < value < 1")
-    _check(f.step_factor >= 0, f"foresight.step_factor={f.step_factor}: expected >= 0")
     _check(f.projector_dim >= 1, f"foresight.projector_dim={f.projector_dim}: expected >= 1")
     _check(f.source != "static" or bool(f.static_checkpoint),
            "foresight.source='static' needs foresight.static_checkpoint (a run id or checkpoint path)")
