@@ -43,6 +43,7 @@ from ..data.codes import find_code_dirs, numbered_files
 from ..data.tokens import TokenData
 from ..errors import UserError
 from ..store import CorruptFile, atomic_path, load_tensors, read_json, write_json
+from .sources import load_checked_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's input normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,17 +98,9 @@ def load_dinov2(weights: str | Path, hub: str | Path | None = None, model: str =
         state = load_tensors(weights_file)
     except CorruptFile as exc:
         raise UserError(str(exc)) from None
-    own = net.state_dict()
     if not isinstance(state, dict):
         raise UserError(f"{str(weights_file)!r}: expected a plain state dict of {model!r}")
-    for problem, keys in (("missing", sorted(set(own) - set(state))), ("unexpected", sorted(set(state) - set(own)))):
-        if keys:
-            raise UserError(f"{str(weights_file)!r}: {problem} key {keys[0]!r} ({len(keys)} {problem}) for {model!r}")
-    for key, value in own.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise UserError(f"{str(weights_file)!r}: key {key!r} has shape {tuple(state[key].shape)}, {model!r} "
-                            f"expects {tuple(value.shape)}")
-    net.load_state_dict(state)
+    load_checked_state(net, state, f"{str(weights_file)!r} ({model})")
     return net.eval().requires_grad_(False)
 
 

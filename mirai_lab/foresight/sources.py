@@ -73,6 +73,22 @@ def resolve_checkpoint(ref: str, results: Path) -> Path:
     raise UserError(f"checkpoint {ref!r} not found: expected a run id under {results / 'runs'} or a file path")
 
 
+def load_checked_state(module: torch.nn.Module, state: dict, where: str) -> None:
+    """load_state_dict with one-line errors naming the first missing, mismatched or unexpected key."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise UserError(f"{where}: missing key {missing[0]!r} ({len(missing)} missing)")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise UserError(f"{where}: key {key!r} has shape {tuple(state[key].shape)}, "
+                            f"the model expects {tuple(value.shape)}")
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise UserError(f"{where}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
+    module.load_state_dict(state)
+
+
 def load_gpt_weights(model: GPT, path: Path, prefer_ema: bool = True) -> None:
     """Load a LlamaGen-layout checkpoint ({"model": sd[, "ema": sd]}) into `model`.
 
@@ -86,15 +102,4 @@ def load_gpt_weights(model: GPT, path: Path, prefer_ema: bool = True) -> None:
     if not isinstance(blob, dict) or not ({"model", "ema"} & set(blob)):
         raise UserError(f"{path}: expected a LlamaGen-layout checkpoint with a 'model' (or 'ema') entry")
     state = blob["ema"] if prefer_ema and "ema" in blob else blob["model"]
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    if missing:
-        raise UserError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing)")
-    for key, value in own.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise UserError(f"{path}: key {key!r} has shape {tuple(state[key].shape)}, "
-                            f"the model expects {tuple(value.shape)}")
-    unexpected = sorted(set(state) - set(own))
-    if unexpected:
-        raise UserError(f"{path}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
-    model.load_state_dict(state)
+    load_checked_state(model, state, str(path))
