@@ -2,8 +2,9 @@
 
 Everything that is compared is measured side by side in one process, interleaved
 (A B C A B C ...) so that the VM's drift hits every variant alike, and reported as medians
-and ratios. Figures: peak matmul FLOP/s (fp32, bf16), training tokens/s and step time for
-the baseline, Mirai-I (cached feature table) and Mirai-E in fp32 eager and bf16 autocast,
+and per-round paired ratios. Figures: peak matmul FLOP/s (fp32, bf16), training tokens/s
+and step time for plain fp32 eager, the baseline, Mirai-I (cached feature table) and
+Mirai-E, the baseline under bf16 autocast,
 achieved FLOP/s over peak, sampling with and without the KV cache, evaluation share of a
 `standard` run, a smoke sweep end to end, and peak memory.
 """
@@ -31,7 +32,7 @@ from .config import build_config
 from .foresight.layout import build_layout
 from .foresight.objective import ForesightHeads
 from .foresight.sources import FeatureTableSource, TeacherSource
-from .model.gpt import GPT, GPTShape
+from .model.gpt import GPT, Dropout, GPTShape
 from .model.sample import sample_tokens
 from .store import write_text
 from .train import update_ema
@@ -59,6 +60,14 @@ def train_flops(shape: GPTShape, batch: int) -> float:
     return batch * (6 * dense * tokens + 3 * attn)
 
 
+def use_plain_dropout(model: torch.nn.Module) -> None:
+    """Swap the model's cheap-mask dropout for torch.nn.Dropout (bernoulli_ masks, same rate)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.drop_count / 65536))
+
+
 class StepBench:
     """One training-step closure per variant, built like the trainer builds them."""
 
@@ -73,11 +82,15 @@ class StepBench:
         self.y = torch.randint(0, 10, (batch,), generator=g)
 
     def make(self, variant: str, precision: str) -> Callable[[], None]:
+        """variant: baseline | plain (the baseline with torch.nn.Dropout, the reference
+        'plain eager' model) | mirai-i | mirai-e."""
         torch.manual_seed(0)
         model = GPT(self.shape)
+        if variant == "plain":
+            use_plain_dropout(model)
         ema = copy.deepcopy(model).requires_grad_(False)
         heads, source, block = None, None, 0
-        if variant != "baseline":
+        if variant in ("mirai-i", "mirai-e"):
             over = {"model.preset": self.cfg.model.preset}
             if variant == "mirai-i":
                 over |= {"foresight.source": "bidirectional", "foresight.k": 1}
@@ -115,8 +128,9 @@ class StepBench:
         return step
 
 
-def interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: int, inner: int) -> dict[str, float]:
-    """Median seconds per call of each closure, measured round-robin."""
+def interleaved_samples(fns: dict[str, Callable[[], None]], warmup: int, repeats: int, inner: int
+                        ) -> dict[str, list[float]]:
+    """Seconds per call of each closure in each round, measured round-robin."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -127,7 +141,18 @@ def interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: int, i
             for _ in range(inner):
                 fn()
             samples[name].append((time.perf_counter() - t) / inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def interleaved(fns: dict[str, Callable[[], None]], warmup: int, repeats: int, inner: int) -> dict[str, float]:
+    """Median seconds per call of each closure, measured round-robin."""
+    return {k: statistics.median(v) for k, v in interleaved_samples(fns, warmup, repeats, inner).items()}
+
+
+def paired_ratio(samples: dict[str, list[float]], name: str, reference: str) -> float:
+    """Median over rounds of name/reference: each round's pair shares the VM's state at that
+    moment, so this ratio is steadier than a ratio of medians when the machine drifts."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[reference], strict=True))
 
 
 def bench_sampling(shape: GPTShape, n: int, repeats: int) -> dict[str, Any]:
@@ -202,29 +227,33 @@ def run_bench(out_dir: Path, presets: list[str], repeats: int, quick: bool) -> P
     peak = {"fp32": peak_matmul_flops(torch.float32), "bf16": peak_matmul_flops(torch.bfloat16)}
     lines += ["## Peak matmul (1024^3)", "", "| dtype | GFLOP/s |", "|---|---|"]
     lines += [f"| {k} | {v / 1e9:.1f} |" for k, v in peak.items()] + [""]
-    lines += ["## Training step", "", "| preset | variant | precision | step ms | tokens/s | x baseline fp32 | "
-              "GFLOP/s | % of peak (same dtype) |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["## Training step (batch 64)", "",
+              "Rounds interleave every variant; ratios are medians of per-round ratios. `plain` is the "
+              "same model in plain fp32 eager code (torch.nn.Dropout masks); `baseline` is the trainer's path.",
+              "", "| preset | variant | precision | step ms | tokens/s | x baseline fp32 (paired) | GFLOP/s | "
+              "% of peak (same dtype) |", "|---|---|---|---|---|---|---|---|"]
+    variants = [("plain", "fp32"), ("baseline", "fp32"), ("mirai-i", "fp32"), ("mirai-e", "fp32"), ("baseline", "bf16")]
     for preset in presets:
         sb = StepBench(preset, 64)
-        fns = {(v, p): sb.make(v, p) for v in ("baseline", "mirai-i", "mirai-e") for p in ("fp32", "bf16")}
-        times = interleaved({f"{v}|{p}": fn for (v, p), fn in fns.items()}, warmup=3, repeats=repeats,
-                            inner=3 if quick else 5)
-        base = times["baseline|fp32"]
+        samples = interleaved_samples({f"{v}|{p}": sb.make(v, p) for v, p in variants}, warmup=3, repeats=repeats,
+                                      inner=3 if quick else 5)
         flops = train_flops(sb.shape, sb.batch)
-        for key, sec in times.items():
+        for key, secs in samples.items():
             variant, precision = key.split("|")
+            sec = statistics.median(secs)
+            ratio = paired_ratio(samples, key, "baseline|fp32")
             tokens = sb.batch * sb.shape.n_tokens / sec
             achieved = flops / sec
-            row = {"section": "train", "preset": preset, "variant": variant, "precision": precision,
-                   "step_ms": sec * 1e3, "tokens_per_s": tokens, "ratio_to_baseline_fp32": sec / base,
-                   "gflops": achieved / 1e9, "peak_fraction": achieved / peak[precision]}
-            rows.append(row)
-            lines.append(f"| {preset} | {variant} | {precision} | {sec * 1e3:.1f} | {tokens:,.0f} | {sec / base:.2f} | "
+            rows.append({"section": "train", "preset": preset, "variant": variant, "precision": precision,
+                         "step_ms": sec * 1e3, "tokens_per_s": tokens, "ratio_to_baseline_fp32": ratio,
+                         "gflops": achieved / 1e9, "peak_fraction": achieved / peak[precision]})
+            lines.append(f"| {preset} | {variant} | {precision} | {sec * 1e3:.1f} | {tokens:,.0f} | {ratio:.3f} | "
                          f"{achieved / 1e9:.1f} | {100 * achieved / peak[precision]:.0f}% |")
-        for p in ("fp32", "bf16"):
-            for v in ("mirai-i", "mirai-e"):
-                lines.append(f"\n{preset} {p}: {v} step time = {times[f'{v}|{p}'] / times[f'baseline|{p}']:.2f}x "
-                             "the baseline's (same precision)")
+        speedup = paired_ratio(samples, "plain|fp32", "baseline|fp32")
+        lines += ["", f"- {preset}: trainer path = {speedup:.2f}x the tokens/s of plain fp32 eager; "
+                  f"Mirai-I step = {paired_ratio(samples, 'mirai-i|fp32', 'baseline|fp32'):.3f}x, Mirai-E = "
+                  f"{paired_ratio(samples, 'mirai-e|fp32', 'baseline|fp32'):.3f}x the baseline's; bf16 autocast = "
+                  f"{paired_ratio(samples, 'baseline|bf16', 'baseline|fp32'):.2f}x the fp32 step time.", ""]
     lines += [""]
     shape = StepBench(presets[0], 1).shape
     s = bench_sampling(shape, 250, repeats=max(1, repeats // 2))

@@ -74,6 +74,7 @@ class ForesightConfig:
     encoder: str = "mtm"  # mtm | pixel-ae | dinov2 (source = bidirectional)
     visibility: str = "full"  # full | number of future rows the encoder sees
     encoder_weights: str = ""  # local DINOv2 checkpoint (encoder = dinov2)
+    encoder_steps: int = 400  # training steps of an in-project encoder (mtm, pixel-ae), cached per value
     static_checkpoint: str = ""  # run id or checkpoint path (source = static)
     injection: str = "internal"  # internal | output | mtp
     layout: str = "2d"  # 1d | 2d | 2d-wide
@@ -331,6 +332,7 @@ def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> N
     _check(0.0 <= f.warmup_frac < 1.0, f"foresight.warmup_frac={f.warmup_frac}: expected a fraction 0 <= value < 1")
     _check(0.0 < f.step_at < 1.0, f"foresight.step_at={f.step_at}: expected a fraction 0 < value < 1")
     _check(f.step_factor >= 0, f"foresight.step_factor={f.step_factor}: expected >= 0")
+    _check(f.encoder_steps >= 1, f"foresight.encoder_steps={f.encoder_steps}: expected >= 1")
     _check(f.projector_dim >= 0, f"foresight.projector_dim={f.projector_dim}: expected >= 0 (0 = model width)")
     active = f.source != "none" or f.injection == "mtp"
     if not active:

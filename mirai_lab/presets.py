@@ -31,10 +31,11 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "train.eval_every": 12,
         "eval.n_samples": 64,
         "eval.n_samples_final": 100,
+        "foresight.encoder_steps": 40,  # a smoke run checks the plumbing, not the encoder
     },
     "quick": {
         "model.preset": "cpu-s",
-        "train.steps": 500,
+        "train.steps": 400,
         "train.batch_size": 64,
         "train.lr": 1e-3,
         "train.lr_schedule": "cosine",

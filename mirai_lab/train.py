@@ -143,7 +143,7 @@ def build_foresight(cfg: RunConfig, data: TokenData, shape: GPTShape, ema: GPT, 
     elif f.source == "bidirectional":
         source = FeatureTableSource(encoder_features(f.encoder, f.visibility, data, cache_dir(root),
                                                      features_dir=cfg.data.features_dir,
-                                                     weights=f.encoder_weights))
+                                                     weights=f.encoder_weights, steps=f.encoder_steps))
     d_target = source.dim if source is not None else shape.dim
     heads = ForesightHeads(f, layout, shape.dim, d_target, shape.n_tokens, cfg.train.steps, shape.vocab_size)
     return Foresight(heads.to(device), source, f.student_block)

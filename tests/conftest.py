@@ -21,6 +21,7 @@ TINY = {
     "eval.metrics": False,
     "eval.n_samples": 20,
     "eval.n_samples_final": 20,
+    "foresight.encoder_steps": 20,
 }
 
 

@@ -82,8 +82,8 @@ class Evaluator:
                                          e.top_k, e.top_p, generator=g).cpu() for i in range(0, n, SAMPLE_CHUNK)])
         return self.data.tokenizer.decode(codes), labels
 
-    def sample_metrics(self, model: GPT, n: int) -> dict[str, float]:
-        images, labels = self.samples(model, n)
+    def sample_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        n = len(images)
         if self.cfg.eval.extractor == "inception-v3-compat":
             out = inception_metrics(images, self.reference(n))
         else:
@@ -94,7 +94,7 @@ class Evaluator:
     def in_training(self, model: GPT, step: int) -> dict[str, float]:
         row = {"val_nll": self.val_nll(model)}
         if self.cfg.eval.metrics and self.has_pixels:
-            row.update(self.sample_metrics(model, self.cfg.eval.n_samples))
+            row.update(self.sample_metrics(*self.samples(model, self.cfg.eval.n_samples)))
         return row
 
     def floors(self, n: int) -> dict[str, Any]:
@@ -131,10 +131,10 @@ class Evaluator:
         if not self.has_pixels:
             out["metrics_note"] = "no pixel decoder for these codes: validation NLL and structure only"
         else:
-            images, labels = self.samples(model, n)
+            images, labels = self.samples(model, n)  # drawn once: the grid and the metrics see the same samples
             write_sample_grid(images, labels, self.data.num_classes, run_dir / "samples.png")
         if self.cfg.eval.metrics and self.has_pixels:
-            out.update(self.sample_metrics(model, n))
+            out.update(self.sample_metrics(images, labels))
             out["floors"] = self.floors(n)
             out["classifier_val_acc"] = self.classifier.val_accuracy
         out["structure_block"] = block

@@ -26,7 +26,7 @@ from ..model.gpt import GPTShape, RMSNorm, TransformerBlock, rope_2d
 from ..store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors
 from .dinov2 import FeatureShards, load_dinov2_features
 
-ENCODER_SETTINGS = {"n_layer": 4, "dim": 128, "n_head": 4, "steps": 400, "batch_size": 64, "lr": 1e-3,
+ENCODER_SETTINGS = {"n_layer": 4, "dim": 128, "n_head": 4, "batch_size": 64, "lr": 1e-3,
                     "mask_min": 0.15, "mask_max": 0.75, "seed": 0, "version": 1}
 
 
@@ -54,7 +54,8 @@ class BidirectionalEncoder(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(shape) for _ in range(n_layer))
         self.norm = RMSNorm(dim)
         self.head = nn.Linear(dim, out_dim)
-        self.register_buffer("rope", rope_2d(grid, dim // n_head, cls_tokens=0), persistent=False)
+        rope = torch.view_as_complex(rope_2d(grid, dim // n_head, cls_tokens=0))
+        self.register_buffer("rope", rope, persistent=False)
         self.register_buffer("attn_mask", mask, persistent=False)
 
     def features(self, x: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,7 +101,7 @@ def _train_encoder(kind: str, data: TokenData, visibility: str, s: dict) -> Bidi
 
 
 def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path, features_dir: str = "",
-                     weights: str = "") -> torch.Tensor | FeatureShards:
+                     weights: str = "", steps: int = 400) -> torch.Tensor | FeatureShards:
     """(N_images, N_cells, d) fp16 features of every image, from the cache when present.
 
     `dinov2` is never run here: its (N_images, n_crops, N_cells, d) table is read from the
@@ -111,7 +112,7 @@ def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path, f
             raise UserError("foresight.encoder='dinov2' reads pre-extracted features: run "
                             "`mirai-lab prepare --encoder dinov2 ...` and set data.features_dir")
         return load_dinov2_features(features_dir, data, weights)
-    settings = dict(ENCODER_SETTINGS, kind=kind, visibility=visibility, data=data.key)
+    settings = dict(ENCODER_SETTINGS, kind=kind, visibility=visibility, data=data.key, steps=steps)
     key = content_hash(settings)
     path = cache / f"features-{kind}-{key}.pt"
     with cache_lock(path):

@@ -63,14 +63,36 @@ def rope_2d(grid: tuple[int, int], head_dim: int, base: float = 10000.0, cls_tok
     return torch.cat([torch.zeros(cls_tokens, head_dim // 2, 2), table])
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, H, D); table: (T, D/2, 2). Rotates adjacent pairs of channels."""
-    xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    t = table[None, :, None]
-    out = torch.stack(
-        [xs[..., 0] * t[..., 0] - xs[..., 1] * t[..., 1], xs[..., 1] * t[..., 0] + xs[..., 0] * t[..., 1]], dim=-1
-    )
-    return out.flatten(3).type_as(x)
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, ..., D); rope: (T, D/2) complex unit factors (`rope_2d` viewed as complex).
+
+    Rotates adjacent channel pairs as one complex product in fp32: four times cheaper on
+    CPU than splitting the pairs and stacking four real products, and bit-identical."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    factors = rope.view(rope.shape[0], *(1,) * (x.dim() - 3), -1)
+    return torch.view_as_real(xc * factors).flatten(-2).type_as(x)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with a cheaper mask: each 64-bit word from the generator gives four
+    16-bit draws. On CPU, `bernoulli_` masks cost a sixth of the training step; this is
+    about 4x cheaper (benchmarks/ops). The rate is quantised to 1/65536 (0.1 -> 0.100006)
+    and the scale uses the quantised rate, so the output stays unbiased. Draws come from
+    torch's default generator, which checkpoints save, so resume stays exact."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.drop_count = round(p * 65536)
+        self.threshold = self.drop_count - 32768
+        self.scale = 65536 / (65536 - self.drop_count) if self.drop_count < 65536 else 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_count == 0:
+            return x
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        keep = words.view(torch.int16)[:n].view(x.shape) >= self.threshold
+        return x * (keep * self.scale).to(x.dtype)
 
 
 class KVCache:
@@ -91,16 +113,16 @@ class Attention(nn.Module):
         self.head_dim = s.dim // s.n_head
         self.wqkv = nn.Linear(s.dim, 3 * s.dim, bias=False)
         self.wo = nn.Linear(s.dim, s.dim, bias=False)
-        self.resid_dropout = nn.Dropout(s.resid_dropout)
+        self.resid_dropout = Dropout(s.resid_dropout)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
                 layer: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Causal unless `mask` (bool, True = may attend) is given, as bidirectional encoders do."""
         b, t, d = x.shape
-        q, k, v = self.wqkv(x).split(d, dim=-1)
-        q = apply_rope(q.view(b, t, self.n_head, self.head_dim), rope).transpose(1, 2)
-        k = apply_rope(k.view(b, t, self.n_head, self.head_dim), rope).transpose(1, 2)
-        v = v.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        qkv = self.wqkv(x).view(b, t, 3, self.n_head, self.head_dim)
+        qk = apply_rope(qkv[:, :, :2], rope)  # queries and keys rotated together
+        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+        v = qkv[:, :, 2].transpose(1, 2)
         if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif cache is None:
@@ -123,7 +145,7 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(s.dim, s.ffn_hidden, bias=False)
         self.w3 = nn.Linear(s.dim, s.ffn_hidden, bias=False)
         self.w2 = nn.Linear(s.ffn_hidden, s.dim, bias=False)
-        self.ffn_dropout = nn.Dropout(s.ffn_dropout)
+        self.ffn_dropout = Dropout(s.ffn_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
@@ -137,7 +159,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(s.dim)
         self.ffn_norm = RMSNorm(s.dim)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
+                layer: int = 0,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), rope, cache, layer, mask)
         return h + self.feed_forward(self.ffn_norm(h))
@@ -165,11 +188,11 @@ class GPT(nn.Module):
         self.shape = s
         self.tok_embeddings = nn.Embedding(s.vocab_size, s.dim)
         self.cls_embedding = LabelEmbedder(s.num_classes, s.dim, s.class_dropout)
-        self.tok_dropout = nn.Dropout(s.token_dropout)
+        self.tok_dropout = Dropout(s.token_dropout)
         self.layers = nn.ModuleList(TransformerBlock(s) for _ in range(s.n_layer))
         self.norm = RMSNorm(s.dim)
         self.output = nn.Linear(s.dim, s.vocab_size, bias=False)
-        self.register_buffer("rope", rope_2d(s.grid, s.dim // s.n_head), persistent=False)
+        self.register_buffer("rope", torch.view_as_complex(rope_2d(s.grid, s.dim // s.n_head)), persistent=False)
         self.apply(self._init)
         nn.init.zeros_(self.output.weight)  # LlamaGen starts from uniform logits
 
@@ -207,7 +230,8 @@ class GPT(nn.Module):
     def step_logits(self, x_new: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run new embeddings through the stack with the cache; logits of the last position."""
         start = cache.length
-        rope = self.rope[start : start + x_new.shape[1]]
+        end = start + x_new.shape[1]
+        rope = self.rope[start:end]
         x = x_new
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, cache, i)
