@@ -5,7 +5,7 @@ import torch
 
 from mirai_lab.errors import UserError
 from mirai_lab.foresight.sources import load_gpt_weights
-from mirai_lab.model.gpt import GPT, GPTShape, rope_2d
+from mirai_lab.model.gpt import GPT, Dropout, GPTShape, apply_rope, rope_2d
 from mirai_lab.model.sample import filter_logits, sample_tokens
 from mirai_lab.store import save_tensors
 
@@ -46,6 +46,41 @@ def test_rope_class_position_is_zero_and_grid_is_2d():
     cell = 1 + 1 * 5 + 2
     assert torch.allclose(table[cell, 0], torch.tensor([torch.cos(torch.tensor(1.0)), torch.sin(torch.tensor(1.0))]))
     assert torch.allclose(table[cell, 2], torch.tensor([torch.cos(torch.tensor(2.0)), torch.sin(torch.tensor(2.0))]))
+
+
+def test_rope_rotates_adjacent_pairs_by_the_table_angles():
+    table = rope_2d((3, 5), head_dim=8)  # (16, 4, 2) cos/sin
+    x = torch.randn(2, 16, 3, 8)  # (B, T, heads, D)
+    out = apply_rope(x, torch.view_as_complex(table))
+    cos, sin = table[None, :, None, :, 0], table[None, :, None, :, 1]
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    assert torch.allclose(out[..., 0::2], x0 * cos - x1 * sin, atol=1e-6)
+    assert torch.allclose(out[..., 1::2], x1 * cos + x0 * sin, atol=1e-6)
+    assert torch.equal(out[:, 0], torch.zeros_like(out[:, 0]))  # the class position: zero factors
+    # queries and keys stacked on an extra axis rotate exactly as when rotated one by one
+    qk = torch.randn(2, 16, 2, 3, 8)
+    both = apply_rope(qk, torch.view_as_complex(table))
+    assert torch.equal(both[:, :, 1], apply_rope(qk[:, :, 1], torch.view_as_complex(table)))
+
+
+def test_dropout_quantised_rate_exact_scale_and_identity_in_eval():
+    d = Dropout(0.1)
+    assert (d.drop_count, d.threshold) == (6554, 6554 - 32768)
+    assert d.scale == 65536 / (65536 - 6554)
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    y = d.train()(x)
+    kept = y != 0
+    assert torch.equal(y[kept], torch.full_like(y[kept], d.scale))  # survivors are scaled exactly
+    dropped = 1 - kept.float().mean().item()
+    assert abs(dropped - 6554 / 65536) < 0.003  # ~4.5 standard errors at n = 400,000
+    assert abs(y.mean().item() - 1.0) < 0.005  # unbiased
+    assert torch.equal(d.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    torch.manual_seed(1)
+    a = d.train()(x)
+    torch.manual_seed(1)
+    assert torch.equal(d(x), a)  # masks come from torch's default generator: reseeding repeats them
 
 
 def test_kv_cache_logits_equal_full_recompute():
