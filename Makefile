@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUDGET ?=
 SEEDS ?=
-WORKERS ?= 1
+WORKERS ?= 2
 RESULTS ?= results
 
 .PHONY: install test test-all lint bench demo reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-all clean
