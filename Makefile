@@ -31,7 +31,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/mirai-lab bench --out benchmarks
 
-reproduce-table%: $(STAMP)
+TABLES := reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4
+
+# a static pattern rule: make skips implicit-rule search for .PHONY targets
+$(TABLES): reproduce-table%: $(STAMP)
 	$(BIN)/mirai-lab reproduce table$* $(if $(BUDGET),--budget $(BUDGET)) $(if $(SEEDS),--seeds $(SEEDS)) --workers $(WORKERS) --results-dir $(RESULTS)
 
 reproduce-all: reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4
