@@ -125,6 +125,7 @@ class StepBench:
             update_ema(ema, model, 0.999, step_no[0])
             step_no[0] += 1
 
+        step.model = model  # type: ignore[attr-defined]  # the sampled network, for the parity check
         return step
 
 
@@ -174,6 +175,23 @@ def bench_sampling(shape: GPTShape, n: int, repeats: int) -> dict[str, Any]:
     return {"kv_cache_tokens_per_s": tokens / times["kv_cache"], "recompute_tokens_per_s": tokens / times["recompute"],
             "kv_speedup": times["recompute"] / times["kv_cache"], "same_outputs": bool(torch.equal(outs[True],
                                                                                                   outs[False]))}
+
+
+def bench_inference_parity(models: dict[str, GPT], n: int, repeats: int) -> dict[str, Any]:
+    """Foresight heads are training-only: each variant's trained network is the same GPT, so
+    parameter counts and sampling speed should equal the baseline's. Measured, not assumed."""
+    labels = torch.arange(n) % 10
+
+    def run(model: GPT) -> Callable[[], None]:
+        model.eval()
+        return lambda: sample_tokens(model, labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+
+    samples = interleaved_samples({v: run(m) for v, m in models.items()}, warmup=1, repeats=repeats, inner=1)
+    out: dict[str, Any] = {}
+    for v, m in models.items():
+        out[f"params_{v}"] = m.n_params()
+        out[f"sampling_ratio_{v}"] = paired_ratio(samples, v, "baseline")
+    return out
 
 
 def bench_eval_share(repeats: int = 3) -> dict[str, float]:
@@ -235,8 +253,8 @@ def run_bench(out_dir: Path, presets: list[str], repeats: int, quick: bool) -> P
     variants = [("plain", "fp32"), ("baseline", "fp32"), ("mirai-i", "fp32"), ("mirai-e", "fp32"), ("baseline", "bf16")]
     for preset in presets:
         sb = StepBench(preset, 64)
-        samples = interleaved_samples({f"{v}|{p}": sb.make(v, p) for v, p in variants}, warmup=3, repeats=repeats,
-                                      inner=3 if quick else 5)
+        steps = {f"{v}|{p}": sb.make(v, p) for v, p in variants}
+        samples = interleaved_samples(steps, warmup=3, repeats=repeats, inner=3 if quick else 5)
         flops = train_flops(sb.shape, sb.batch)
         for key, secs in samples.items():
             variant, precision = key.split("|")
@@ -254,7 +272,14 @@ def run_bench(out_dir: Path, presets: list[str], repeats: int, quick: bool) -> P
                   f"Mirai-I step = {paired_ratio(samples, 'mirai-i|fp32', 'baseline|fp32'):.3f}x, Mirai-E = "
                   f"{paired_ratio(samples, 'mirai-e|fp32', 'baseline|fp32'):.3f}x the baseline's; bf16 autocast = "
                   f"{paired_ratio(samples, 'baseline|bf16', 'baseline|fp32'):.2f}x the fp32 step time.", ""]
-    lines += [""]
+        if preset == presets[0]:
+            parity = bench_inference_parity({v: steps[f"{v}|fp32"].model for v in ("baseline", "mirai-i", "mirai-e")},
+                                            100, repeats)
+    rows.append({"section": "inference_parity", **parity})
+    lines += [f"## What a trained model costs at inference ({presets[0]}, 100 samples, CFG 2.0)", "",
+              "| variant | parameters | sampling time x baseline (paired) |", "|---|---|---|"]
+    lines += [f"| {v} | {parity[f'params_{v}']:,} | {parity[f'sampling_ratio_{v}']:.3f} |"
+              for v in ("baseline", "mirai-i", "mirai-e")] + [""]
     shape = StepBench(presets[0], 1).shape
     s = bench_sampling(shape, 250, repeats=max(1, repeats // 2))
     rows.append({"section": "sampling", **s})
