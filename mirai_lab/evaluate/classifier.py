@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..store import CorruptFile, content_hash, load_tensors, save_tensors, tensor_hash
+from ..store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors, tensor_hash
 
 # Bump when the network or the training procedure changes: it is part of the cache key.
 VERSION = 1
@@ -195,23 +195,15 @@ def train_domain_classifier(
     }
     data = tensor_hash(train_images, train_labels, val_images, val_labels)
     path = Path(cache_dir) / f"classifier-{content_hash({'data': data, **settings})}.pt"
-    if path.exists():
-        try:
-            return _load(path, settings).freeze()
-        except CorruptFile:
-            pass  # rebuilt and overwritten below
-
-    train_images, train_labels = train_images.detach().float().cpu(), train_labels.cpu()
-    model = _fit(train_images, train_labels, settings).freeze()
-    model.val_accuracy = (model.predict(val_images.detach().float()) == val_labels.cpu()).double().mean().item()
-    save_tensors(
-        path,
-        {
-            "state_dict": model.state_dict(),
-            "val_accuracy": model.val_accuracy,
-            "num_classes": num_classes,
-            "image_size": list(model.image_size),
-            "settings": settings,
-        },
-    )
+    with cache_lock(path):  # parallel sweep workers fit it once; the others wait and load it
+        if path.exists():
+            try:
+                return _load(path, settings).freeze()
+            except CorruptFile:
+                pass  # rebuilt and overwritten below
+        train_images, train_labels = train_images.detach().float().cpu(), train_labels.cpu()
+        model = _fit(train_images, train_labels, settings).freeze()
+        model.val_accuracy = (model.predict(val_images.detach().float()) == val_labels.cpu()).double().mean().item()
+        save_tensors(path, {"state_dict": model.state_dict(), "val_accuracy": model.val_accuracy,
+                            "num_classes": num_classes, "image_size": list(model.image_size), "settings": settings})
     return model
