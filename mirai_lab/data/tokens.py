@@ -13,7 +13,7 @@ import torch
 
 from ..config import DataConfig, TokenizerConfig
 from ..errors import UserError
-from ..store import CorruptFile, content_hash, load_tensors, save_tensors, tensor_hash
+from ..store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors, tensor_hash
 from .images import ImageSet, load_images, split_indices
 from .tokenizer import PatchTokenizer, fit_codebook, to_patches
 
@@ -66,22 +66,24 @@ def prepare_tokens(data: DataConfig, tok: TokenizerConfig, cache: Path) -> Token
                 "images": tensor_hash(images.images, images.labels), "version": 1}
     key = content_hash(settings)
     path = cache / f"tokens-{key}.pt"
-    if path.exists():
-        try:
-            blob = load_tensors(path)
-            tokenizer = PatchTokenizer(blob["codebook"], tok.patch, grid)
-            return _token_data(key, images, blob["codes"], train_idx, val_idx, tokenizer, float(blob["recon_mse"]))
-        except (CorruptFile, KeyError):
-            path.unlink(missing_ok=True)  # rebuilt below
-    train_patches = to_patches(images.images[train_idx], tok.patch)
-    codebook = fit_codebook(train_patches.reshape(-1, train_patches.shape[-1]), tok.codebook_size, tok.iters,
-                            tok.seed)
-    tokenizer = PatchTokenizer(codebook, tok.patch, grid)
-    codes = tokenizer.encode(images.images)
-    val = images.images[val_idx]
-    recon_mse = float(((tokenizer.decode(codes[val_idx]) - val) ** 2).mean())
-    save_tensors(path, {"codebook": codebook, "codes": codes, "recon_mse": torch.tensor(recon_mse)})
-    return _token_data(key, images, codes, train_idx, val_idx, tokenizer, recon_mse)
+    with cache_lock(path):  # sweep workers starting together fit the tokenizer once
+        if path.exists():
+            try:
+                blob = load_tensors(path)
+                tokenizer = PatchTokenizer(blob["codebook"], tok.patch, grid)
+                recon = float(blob["recon_mse"])
+                return _token_data(key, images, blob["codes"], train_idx, val_idx, tokenizer, recon)
+            except (CorruptFile, KeyError):
+                path.unlink(missing_ok=True)  # rebuilt below
+        train_patches = to_patches(images.images[train_idx], tok.patch)
+        codebook = fit_codebook(train_patches.reshape(-1, train_patches.shape[-1]), tok.codebook_size, tok.iters,
+                                tok.seed)
+        tokenizer = PatchTokenizer(codebook, tok.patch, grid)
+        codes = tokenizer.encode(images.images)
+        val = images.images[val_idx]
+        recon_mse = float(((tokenizer.decode(codes[val_idx]) - val) ** 2).mean())
+        save_tensors(path, {"codebook": codebook, "codes": codes, "recon_mse": torch.tensor(recon_mse)})
+        return _token_data(key, images, codes, train_idx, val_idx, tokenizer, recon_mse)
 
 
 def _token_data(key: str, images: ImageSet, codes: torch.Tensor, train_idx: torch.Tensor, val_idx: torch.Tensor,
