@@ -235,7 +235,20 @@ def environment_lines() -> list[str]:
     from .reproduce import environment
 
     env = environment()
-    return [f"- {k}: {v}" for k, v in env.items()] + [f"- torch threads: {torch.get_num_threads()}"]
+    return [f"- {k}: {v}" for k, v in env.items()] + [f"- torch threads: {torch.get_num_threads()}",
+                                                      f"- matrix ISA: {matrix_isa()}"]
+
+
+def matrix_isa() -> str:
+    """The CPU's vector/matrix extensions that decide whether bf16 can beat fp32 here."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    have = [f for f in wanted if f in flags]
+    missing = [f for f in wanted if f not in flags]
+    return " ".join(have) + (f" (absent: {' '.join(missing)})" if missing else "")
 
 
 def run_bench(out_dir: Path, presets: list[str], repeats: int, quick: bool) -> Path:
