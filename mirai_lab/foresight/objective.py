@@ -49,7 +49,9 @@ class ForesightHeads(nn.Module):
         self.heads = nn.ModuleList(Projector(d_model, cfg.projector_dim, out_dim) for _ in range(cfg.k))
         # mtp heads predict tokens, so they take the state that has not yet read the base cell
         positions, base = student_positions("predict" if self.mtp else cfg.align_index, n_tokens)
-        self.register_buffer("positions", positions, persistent=False)
+        # the aligned positions are a contiguous run: a slice is a view, where an index
+        # gather would copy forward and scatter-add backward (1 ms a step on cpu-s)
+        self.positions = slice(int(positions[0]), int(positions[-1]) + 1)
         self.register_buffer("cells", layout.cells[base], persistent=False)  # (M, K)
         self.register_buffer("valid", layout.valid[base], persistent=False)  # (M, K)
         self.coefs = list(cfg.head_coefs) if cfg.head_coefs else [cfg.coef] * cfg.k
@@ -64,7 +66,7 @@ class ForesightHeads(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """hidden: (B, N, d) student states of the training sequence; targets: (B, N, d_t)
         cell features, or (B, N) tokens for mtp. Returns the weighted sum and per-head logs."""
-        h = hidden[:, self.positions]
+        h = hidden[:, self.positions]  # a view
         scale = self.scale(step)
         total = hidden.new_zeros((), dtype=torch.float32)
         logs: dict[str, torch.Tensor] = {}
