@@ -65,7 +65,7 @@ def use_plain_dropout(model: torch.nn.Module) -> None:
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, Dropout):
-                setattr(module, name, torch.nn.Dropout(child.drop_count / 65536))
+                setattr(module, name, torch.nn.Dropout(child.p))
 
 
 class StepBench:

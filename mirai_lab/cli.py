@@ -278,6 +278,8 @@ def bench(
     from .presets import MODEL_PRESETS
 
     names = [p.strip() for p in presets.split(",") if p.strip()]
+    if not names:
+        raise UserError(f"--presets {presets!r}: expected at least one preset name")
     for name in names:
         if name not in MODEL_PRESETS:
             raise UserError(f"--presets {name!r}: expected names from {', '.join(MODEL_PRESETS)}")

@@ -1,5 +1,8 @@
 """Benchmark arithmetic: paired ratios, the FLOP count, the plain-eager reference model."""
 
+import subprocess
+import sys
+
 import torch
 
 from mirai_lab.bench import paired_ratio, train_flops, use_plain_dropout
@@ -28,3 +31,13 @@ def test_plain_reference_swaps_every_dropout_for_torch_dropout_of_the_same_rate(
     plain = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(plain) == 5 and not any(isinstance(m, Dropout) for m in model.modules())
     assert all(m.p == 6554 / 65536 for m in plain)
+
+
+def test_bench_without_presets_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "bench-out"
+    proc = subprocess.run([sys.executable, "-m", "mirai_lab", "bench", "--presets", ",", "--out", str(out)],
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2
+    assert lines == ["error: --presets ',': expected at least one preset name"]
+    assert not out.exists()

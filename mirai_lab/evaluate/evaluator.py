@@ -63,9 +63,9 @@ class Evaluator:
         model.eval()
         idx = self.data.val_idx
         total, count = 0.0, 0
+        dev = _device(model)
         for i in range(0, len(idx), SAMPLE_CHUNK):
             b = idx[i : i + SAMPLE_CHUNK]
-            dev = _device(model)
             x, y = self.data.tokens(b).to(dev), self.data.labels[b].to(dev)
             logits, _ = model(x[:, :-1], y)
             total += float(F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="sum"))
@@ -133,10 +133,10 @@ class Evaluator:
         else:
             images, labels = self.samples(model, n)  # drawn once: the grid and the metrics see the same samples
             write_sample_grid(images, labels, self.data.num_classes, run_dir / "samples.png")
-        if self.cfg.eval.metrics and self.has_pixels:
-            out.update(self.sample_metrics(images, labels))
-            out["floors"] = self.floors(n)
-            out["classifier_val_acc"] = self.classifier.val_accuracy
+            if self.cfg.eval.metrics:
+                out.update(self.sample_metrics(images, labels))
+                out["floors"] = self.floors(n)
+                out["classifier_val_acc"] = self.classifier.val_accuracy
         out["structure_block"] = block
         out["structure_score"] = self.structure(model, block, run_dir / "structure.png")
         out["tokenizer_mse"] = self.data.recon_mse

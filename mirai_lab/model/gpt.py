@@ -83,6 +83,7 @@ class Dropout(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.drop_count = round(p * 65536)
+        self.p = self.drop_count / 65536  # the rate actually applied
         self.threshold = self.drop_count - 32768
         self.scale = 65536 / (65536 - self.drop_count) if self.drop_count < 65536 else 0.0
 
