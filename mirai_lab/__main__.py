@@ -1,3 +1,3 @@
-from .cli import main
+from mirai_lab.cli import main
 
 main()

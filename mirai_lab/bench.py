@@ -28,14 +28,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import build_config
-from .foresight.layout import build_layout
-from .foresight.objective import ForesightHeads
-from .foresight.sources import FeatureTableSource, TeacherSource
-from .model.gpt import GPT, Dropout, GPTShape
-from .model.sample import sample_tokens
-from .store import write_text
-from .train import update_ema
+from mirai_lab.config import build_config
+from mirai_lab.data.tokens import prepare_tokens
+from mirai_lab.evaluate.evaluator import Evaluator
+from mirai_lab.experiments.reproduce import environment
+from mirai_lab.foresight.layout import build_layout
+from mirai_lab.foresight.objective import ForesightHeads
+from mirai_lab.foresight.sources import FeatureTableSource, TeacherSource
+from mirai_lab.model.gpt import GPT, Dropout, GPTShape
+from mirai_lab.model.sample import sample_tokens
+from mirai_lab.runs.store import cache_dir, write_text
+from mirai_lab.training.ema import update_ema
 
 
 def peak_matmul_flops(dtype: torch.dtype, n: int = 1024, repeats: int = 3) -> float:
@@ -196,9 +199,6 @@ def bench_inference_parity(models: dict[str, GPT], n: int, repeats: int) -> dict
 
 def bench_eval_share(repeats: int = 3) -> dict[str, float]:
     """Eval seconds of a `standard` run (5 curve evals + the final one) over its training seconds."""
-    from .data.tokens import prepare_tokens
-    from .evaluate.evaluator import Evaluator
-    from .store import cache_dir
 
     cfg = build_config(None, {}, "standard")
     root = Path(os.environ.get("MIRAI_LAB_RESULTS", "results"))
@@ -232,7 +232,6 @@ def bench_smoke_sweep() -> float:
 
 
 def environment_lines() -> list[str]:
-    from .reproduce import environment
 
     env = environment()
     return [f"- {k}: {v}" for k, v in env.items()] + [f"- torch threads: {torch.get_num_threads()}",

@@ -11,11 +11,27 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from rich.console import Console
 from typer._click.exceptions import ClickException  # typer >= 0.20 vendors click
 
-from .errors import UserError
+from mirai_lab.bench import run_bench
+from mirai_lab.config import build_config, load_spec_file, parse_set
+from mirai_lab.data.tokens import prepare_tokens
+from mirai_lab.distributed import is_main_process
+from mirai_lab.errors import UserError
+from mirai_lab.evaluate.evaluator import write_sample_grid
+from mirai_lab.experiments.reproduce import reproduce_table
+from mirai_lab.experiments.sweep_verb import run_sweep
+from mirai_lab.experiments.tune import TuneOptions, run_tune
+from mirai_lab.foresight.dinov2 import prepare_dinov2
+from mirai_lab.model.sample import sample_tokens
+from mirai_lab.presets import MODEL_PRESETS
+from mirai_lab.report.write import write_report
+from mirai_lab.runs.store import cache_dir, results_root
+from mirai_lab.training.progress import run_with_progress
+from mirai_lab.training.run import eval_floors, eval_run, load_trained
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Does foresight help my AR image model, where, and how much?")
@@ -29,7 +45,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output o
 
 
 def _root(results_dir: Path | None) -> Path:
-    from .store import results_root
 
     return results_root(results_dir)
 
@@ -58,9 +73,6 @@ def prepare(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit and cache the tokenizer and token codes, or (--encoder dinov2) extract DINOv2 features."""
-    from .config import build_config, parse_set
-    from .data.tokens import prepare_tokens
-    from .store import cache_dir
 
     if encoder is not None:
         if encoder != "dinov2":
@@ -69,7 +81,6 @@ def prepare(
                                         ("--out", out)) if not v]
         if missing:
             raise UserError(f"--encoder dinov2 needs {', '.join(missing)}")
-        from .foresight.dinov2 import prepare_dinov2
 
         info = prepare_dinov2(weights, images, codes, out, grid, hub=hub, model=model, image_size=image_size)
         _emit(info, as_json, f"dinov2 features: {info['images']} images x {info['n_aug']} crops, grid "
@@ -97,14 +108,11 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train one run (or resume it, or report it if it is already done)."""
-    from .config import build_config, load_spec_file, parse_set
-    from .progress import run_with_progress
 
     overrides = parse_set(set_ or [])
     if seed is not None:
         overrides["train.seed"] = seed
     cfg = build_config(load_spec_file(spec) if spec else None, overrides, budget)
-    from .distributed import is_main_process
 
     final, run_path, skipped = run_with_progress(cfg, _root(results_dir), quiet=as_json or not is_main_process())
     if not is_main_process():
@@ -128,16 +136,12 @@ def sample(
     results_dir: ResultsOpt = None,
 ) -> None:
     """Draw class-conditional samples from a run's EMA weights into a PNG grid."""
-    import torch
 
-    from .evaluate.evaluator import write_sample_grid
-    from .runs import load_trained
 
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {str(out)!r}: expected a .png path")
     cfg, model, data = load_trained(run, _root(results_dir))
     labels = torch.arange(n) % data.num_classes
-    from .model.sample import sample_tokens
 
     e = cfg.eval
     codes = sample_tokens(model, labels, e.cfg_scale if cfg_scale is None else cfg_scale, e.temperature, e.top_k,
@@ -158,7 +162,6 @@ def eval_(
     as_json: JsonOpt = False,
 ) -> None:
     """Recompute a run's final metrics, or print the floors of the data set."""
-    from .runs import eval_floors, eval_run
 
     root = _root(results_dir)
     if extractor is not None and extractor not in ("domain", "inception-v3-compat"):
@@ -175,7 +178,7 @@ def eval_(
 
 @app.command()
 def sweep(
-    axis: Annotated[str | None, typer.Option(help="Built-in axis: experiments/axes/<axis>.toml.")] = None,
+    axis: Annotated[str | None, typer.Option(help="Built-in axis: injection, layout, source, layer, k, encoder, visibility, schedule.")] = None,
     experiment: Annotated[Path | None, typer.Option(help="Any experiment spec (TOML).")] = None,
     set_: SetOpt = None,
     budget: BudgetOpt = None,
@@ -191,7 +194,6 @@ def sweep(
     as_worker: Annotated[bool, typer.Option("--as-worker", hidden=True)] = False,
 ) -> None:
     """Expand an experiment over its axes and seeds and train every run once."""
-    from .sweep_cli import run_sweep
 
     if (axis is None) == (experiment is None):
         raise UserError("give exactly one of --axis NAME or --experiment FILE")
@@ -222,8 +224,6 @@ def tune(
     as_json: JsonOpt = False,
 ) -> None:
     """Tune the alignment coefficients with Optuna; export the best trial as a spec."""
-    from .config import parse_set
-    from .tune import TuneOptions, run_tune
 
     opts = TuneOptions(source=source, trials=trials, budget=budget, objective=objective, pruner=pruner,
                        per_head=per_head, search_warmup=search_warmup, search_schedule=search_schedule,
@@ -241,7 +241,6 @@ def report(
     results_dir: ResultsOpt = None,
 ) -> None:
     """Tables (md, csv, tex), figures and report.md from finished sweeps."""
-    from .report import write_report
 
     root = _root(results_dir)
     target = out or root / "reports" / "+".join(sweeps)
@@ -251,7 +250,7 @@ def report(
 
 @app.command()
 def reproduce(
-    table: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4 (experiments/<table>.toml).")],
+    table: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4 (built-in specs).")],
     budget: BudgetOpt = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds (default: the spec's).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Runs trained at once.")] = 1,
@@ -259,7 +258,6 @@ def reproduce(
     results_dir: ResultsOpt = None,
 ) -> None:
     """Run a paper-table sweep, then write results/<table>/ (tables, figures, COMMAND, environment)."""
-    from .reproduce import reproduce_table
 
     path = reproduce_table(table, _root(results_dir), budget=budget, seeds=seeds, workers=workers,
                            set_items=set_ or [], argv=sys.argv[1:])
@@ -274,8 +272,6 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Fewer steps, no smoke sweep.")] = False,
 ) -> None:
     """Measure training, sampling and evaluation speed against this machine's matmul peak."""
-    from .bench import run_bench
-    from .presets import MODEL_PRESETS
 
     names = [p.strip() for p in presets.split(",") if p.strip()]
     if not names:

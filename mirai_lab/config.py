@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .presets import MODEL_PRESETS, budget_overrides, llamagen_ffn_hidden
+from mirai_lab.errors import UserError
+from mirai_lab.presets import MODEL_PRESETS, budget_overrides, llamagen_ffn_hidden
 
 
 @dataclass

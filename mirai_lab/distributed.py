@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import UserError
+from mirai_lab.errors import UserError
 
 # Rank 0 builds caches (a code folder of 1.28M files) and evaluates while the others wait in a
 # collective; the default timeouts (10 min for NCCL) would kill a healthy run.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mirai_lab.errors import UserError
+
 # name -> (n_layer, dim, n_head, ffn_multiple_of). The SwiGLU width follows LlamaGen's
 # rule (2/3 of 4*dim rounded up to ffn_multiple_of); LlamaGen rounds to 256, which would
 # make the CPU models' FFN 4x wide, so they round to 32.
@@ -97,7 +99,6 @@ BUDGETS: dict[str, dict[str, Any]] = {
 
 
 def budget_overrides(name: str) -> dict[str, Any]:
-    from .errors import UserError
 
     if name not in BUDGETS:
         raise UserError(f"unknown budget {name!r}; expected one of {', '.join(BUDGETS)}")

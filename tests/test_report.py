@@ -13,8 +13,8 @@ from matplotlib.image import imsave
 from scipy import stats
 
 from mirai_lab.errors import UserError
-from mirai_lab.report import collect, write_report
-from mirai_lab.report_tables import format_interval, paired_interval, steps_to_reach, tex_escape
+from mirai_lab.report.tables import format_interval, paired_interval, steps_to_reach, tex_escape
+from mirai_lab.report.write import collect, write_report
 
 STEPS = [0, 100, 200, 300, 400]
 

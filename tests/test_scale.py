@@ -23,8 +23,9 @@ from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.foresight.dinov2 import center_crop_arr, crop_views, load_dinov2, prepare_dinov2
 from mirai_lab.foresight.sources import FeatureTableSource, load_gpt_weights
 from mirai_lab.model.gpt import GPT
-from mirai_lab.store import load_tensors, save_tensors
-from mirai_lab.train import Trainer, model_shape
+from mirai_lab.runs.store import load_tensors, save_tensors
+from mirai_lab.training.build import model_shape
+from mirai_lab.training.trainer import Trainer
 
 NO_DROPOUT = {"model.token_dropout": 0.0, "model.resid_dropout": 0.0, "model.ffn_dropout": 0.0,
               "model.class_dropout": 0.0}

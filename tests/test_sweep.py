@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mirai_lab.spec import AXES, axis_spec_path, load_plan
+from mirai_lab.experiments.spec import AXES, axis_spec_path, load_plan
 
 pytestmark = pytest.mark.slow
 pytest_plugins = ["pg"]  # the throw-away PostgreSQL fixture

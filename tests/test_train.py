@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mirai_lab.config import build_config
-from mirai_lab.store import load_tensors
-from mirai_lab.train import Trainer
+from mirai_lab.runs.store import load_tensors
+from mirai_lab.training.trainer import Trainer
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 

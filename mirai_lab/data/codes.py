@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..store import CorruptFile, atomic_path, cache_lock, content_hash, load_tensors, save_tensors
-from .images import split_indices
-from .tokens import TokenData
+from mirai_lab.data.images import split_indices
+from mirai_lab.data.types import TokenData
+from mirai_lab.errors import UserError
+from mirai_lab.runs.store import CorruptFile, atomic_path, cache_lock, content_hash, load_tensors, save_tensors
 
 READ_THREADS = 8  # file reads overlap on network file systems; numpy's parsing holds the GIL
 READ_BLOCK = 4096

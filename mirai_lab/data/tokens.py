@@ -6,53 +6,21 @@ or codebook size can never be served stale codes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import DataConfig, TokenizerConfig
-from ..errors import UserError
-from ..store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors, tensor_hash
-from .images import ImageSet, load_images, split_indices
-from .tokenizer import PatchTokenizer, fit_codebook, to_patches
-
-
-@dataclass
-class TokenData:
-    """Everything a run needs from the data side, in memory.
-
-    `codes` is (N, G) for the embedded sets, or (N, n_aug, G) for LlamaGen code folders
-    (one row per augmentation crop). `images` and `tokenizer` (the decoder) exist only for
-    data sets that have pixels; without them evaluation falls back to validation NLL.
-    """
-
-    key: str  # cache hash: identifies data + split + tokenizer
-    codes: torch.Tensor
-    labels: torch.Tensor
-    num_classes: int
-    grid: tuple[int, int]
-    vocab_size: int
-    train_idx: torch.Tensor
-    val_idx: torch.Tensor
-    images: ImageSet | None = None
-    tokenizer: PatchTokenizer | None = None
-    recon_mse: float | None = None  # validation pixel MSE of decode(encode(x)): the tokenizer ceiling
-
-    @property
-    def n_crops(self) -> int:
-        return int(self.codes.shape[1]) if self.codes.ndim == 3 else 1
-
-    def tokens(self, idx: torch.Tensor, crop: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, G) token grids of images `idx` (crop 0 unless given, for multi-crop codes)."""
-        if self.codes.ndim == 2:
-            return self.codes[idx]
-        return self.codes[idx, crop if crop is not None else torch.zeros_like(idx)]
+from mirai_lab.config import DataConfig, TokenizerConfig
+from mirai_lab.data.codes import load_code_folder
+from mirai_lab.data.images import ImageSet, load_images, split_indices
+from mirai_lab.data.tokenizer import PatchTokenizer, fit_codebook, to_patches
+from mirai_lab.data.types import TokenData
+from mirai_lab.errors import UserError
+from mirai_lab.runs.store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors, tensor_hash
 
 
 def prepare_tokens(data: DataConfig, tok: TokenizerConfig, cache: Path) -> TokenData:
     if data.dataset == "codes":  # LlamaGen code folder: already tokenized, no pixels (see codes.py)
-        from .codes import load_code_folder
 
         return load_code_folder(data.codes_dir, tok.codebook_size, data.val_fraction, data.split_seed, cache)
     images = load_images(data.dataset)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import UserError
-from ..store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors, tensor_hash
+from mirai_lab.errors import UserError
+from mirai_lab.runs.store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors, tensor_hash
 
 # Bump when the network or the training procedure changes: it is part of the cache key.
 VERSION = 1

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
-from ..config import RunConfig
-from ..data.tokens import TokenData
-from ..model.gpt import GPT
-from ..model.sample import sample_tokens
-from ..store import atomic_path, content_hash, write_json
-from .classifier import train_domain_classifier
-from .fidelity import class_accuracy, domain_metrics, floors, inception_metrics
-from .structure import structure_map, structure_score
+from mirai_lab.config import RunConfig
+from mirai_lab.data.types import TokenData
+from mirai_lab.evaluate.classifier import train_domain_classifier
+from mirai_lab.evaluate.fidelity import class_accuracy, domain_metrics, floors, inception_metrics
+from mirai_lab.evaluate.structure import structure_map, structure_score
+from mirai_lab.model.gpt import GPT
+from mirai_lab.model.sample import sample_tokens
+from mirai_lab.runs.store import atomic_path, content_hash, write_json
 
 SAMPLE_SEED = 1234
 SAMPLE_CHUNK = 500

@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 from torch import Tensor
 
-from ..store import atomic_path
+from mirai_lab.runs.store import atomic_path
 
 
 def _check(hidden: Tensor, H: int, W: int) -> None:
@@ -48,8 +51,6 @@ def structure_score(hidden: Tensor, H: int, W: int) -> float:
 
 def _embed(states: np.ndarray, seed: int) -> np.ndarray:
     """(N, d) -> (N, 3) in [0, 1]: t-SNE where the grid is large enough, else PCA."""
-    from sklearn.decomposition import PCA
-    from sklearn.manifold import TSNE
 
     n = len(states)
     # t-SNE needs perplexity < n; below ~5 neighbours per point it only shows noise.
@@ -74,7 +75,6 @@ def structure_map(hidden: Tensor, H: int, W: int, path: Path, seed: int = 0, ima
     (PCA on grids too small for it), so cells with similar states get similar colours: a
     model with 2D structure shows smooth colour regions, one without shows raster stripes.
     """
-    from matplotlib.figure import Figure
 
     _check(hidden, H, W)
     states = hidden.mean(0) if image is None else hidden[image]

@@ -38,12 +38,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import functional as TF
 
-from ..data.codes import find_code_dirs, numbered_files
-from ..data.tokens import TokenData
-from ..errors import UserError
-from ..store import CorruptFile, atomic_path, load_tensors, read_json, write_json
-from .sources import load_checked_state
+from mirai_lab.data.codes import find_code_dirs, numbered_files
+from mirai_lab.data.types import TokenData
+from mirai_lab.errors import UserError
+from mirai_lab.foresight.sources import load_checked_state
+from mirai_lab.runs.store import CorruptFile, atomic_path, load_tensors, read_json, write_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's input normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -117,7 +119,6 @@ def center_crop_arr(image: Image.Image, size: int) -> Image.Image:
 
 def crop_views(image: Image.Image, image_size: int, n_aug: int, crop_range: float = 1.1) -> list[Image.Image]:
     """The n_aug crops LlamaGen's extract_codes_c2i tokenised, in its order (module docstring)."""
-    from torchvision.transforms import functional as TF
 
     if n_aug == 10:
         return list(TF.ten_crop(center_crop_arr(image, int(image_size * crop_range)), image_size))
@@ -158,7 +159,6 @@ class _CropSet(torch.utils.data.Dataset):
 
 def _image_samples(images: str | Path) -> list[tuple[str, int]]:
     """(path, class index) in torchvision ImageFolder order: the order LlamaGen numbered its codes in."""
-    from torchvision.datasets import ImageFolder
 
     if not Path(images).is_dir():
         raise UserError(f"images folder {str(images)!r} does not exist: expected the ImageFolder tree "

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.tokenizer import to_patches
-from ..data.tokens import TokenData
-from ..errors import UserError
-from ..model.gpt import GPTShape, RMSNorm, TransformerBlock, rope_2d
-from ..store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors
-from .dinov2 import FeatureShards, load_dinov2_features
+from mirai_lab.data.tokenizer import to_patches
+from mirai_lab.data.types import TokenData
+from mirai_lab.errors import UserError
+from mirai_lab.foresight.dinov2 import FeatureShards, load_dinov2_features
+from mirai_lab.model.gpt import GPTShape, RMSNorm, TransformerBlock, rope_2d
+from mirai_lab.runs.store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors
 
 ENCODER_SETTINGS = {"n_layer": 4, "dim": 128, "n_head": 4, "batch_size": 64, "lr": 1e-3,
                     "mask_min": 0.15, "mask_max": 0.75, "seed": 0, "version": 1}

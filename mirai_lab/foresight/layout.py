@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
+from mirai_lab.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ForesightConfig
-from .layout import Layout, student_positions
-from .schedule import lambda_scale
+from mirai_lab.config import ForesightConfig
+from mirai_lab.foresight.layout import Layout, student_positions
+from mirai_lab.foresight.schedule import lambda_scale
 
 
 class Projector(nn.Sequential):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..model.gpt import GPT
-from ..store import CorruptFile, load_tensors
+from mirai_lab.errors import UserError
+from mirai_lab.model.gpt import GPT
+from mirai_lab.runs.store import CorruptFile, load_tensors
 
 
 class TargetSource:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .gpt import GPT
+from mirai_lab.model.gpt import GPT
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

@@ -13,11 +13,11 @@ from helpers import run_sweep, tree, write_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mirai_lab import store
 from mirai_lab.cli import main
 from mirai_lab.config import build_config
 from mirai_lab.errors import UserError
-from mirai_lab.train import Trainer
+from mirai_lab.runs import store
+from mirai_lab.training.trainer import Trainer
 
 TINY = {"data.dataset": "synthetic", "tokenizer.codebook_size": 32, "tokenizer.iters": 5, "model.preset": "tiny",
         "train.steps": 12, "train.batch_size": 16, "train.eval_every": 6, "train.threads": 1,
@@ -37,7 +37,7 @@ def test_diverged_run_is_failed_with_step_and_the_sweep_goes_on(tmp_path):
     status = json.loads((results / "runs" / ema_id / "status.json").read_text())
     assert status["state"] == "failed" and status["step"] == 9 and "diverged" in status["error"]
     # the report lists it instead of dropping it
-    from mirai_lab.report import write_report
+    from mirai_lab.report.write import write_report
 
     report = write_report(results, ["faults"], tmp_path / "report", command="test").read_text()
     assert ema_id in report and "failed" in report
@@ -189,7 +189,7 @@ def test_bad_cli_options_exit_2(tmp_path, capsys, argv):
 
 
 def test_write_spec_helper_is_a_valid_sweep(tmp_path):
-    from mirai_lab.spec import load_plan
+    from mirai_lab.experiments.spec import load_plan
 
     plan = load_plan(write_spec(tmp_path))
     assert [r.variant for r in plan.runs] == ["baseline", "ema", "mtp"]

@@ -1,4 +1,4 @@
-"""Rich progress for a single run (sweeps have their own live table)."""
+"""The live table of a sweep, rebuilt from the run directories, so it also shows runs trained by other workers."""
 
 from __future__ import annotations
 
@@ -6,29 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.live import Live
+from rich.table import Table
 
-from .config import RunConfig
-from .errors import UserError
-from .runs import execute
-from .train import Diverged
-
-
-def run_with_progress(cfg: RunConfig, root: Path, quiet: bool = False) -> tuple[dict[str, Any], Path, bool]:
-    console = Console(stderr=True)
-    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[info]}"))
-    with Progress(*columns, console=console, disable=quiet, transient=True) as bar:
-        task = bar.add_task("train", total=cfg.train.steps, info="preparing data and caches")
-
-        def on_eval(step: int, total: int, row: dict[str, float]) -> None:
-            info = " ".join(f"{k} {row[k]:.3g}" for k in ("train_ntp", "val_nll", "fid_domain") if k in row)
-            bar.update(task, completed=step, info=info)
-
-        try:
-            return execute(cfg, root, on_eval)
-        except Diverged as exc:
-            raise UserError(f"run diverged: {exc} (status.json says failed)") from None
+from mirai_lab.runs.curve import Curve
+from mirai_lab.runs.state import run_state
+from mirai_lab.runs.store import run_dir
 
 
 class SweepMonitor:
@@ -36,7 +19,6 @@ class SweepMonitor:
     progress of runs trained by other worker processes)."""
 
     def __init__(self, plan: Any, root: Path, quiet: bool = False) -> None:
-        from rich.live import Live
 
         self.plan = plan
         self.root = root
@@ -70,8 +52,6 @@ class SweepMonitor:
     def _last_step(self, run_id: str) -> tuple[int, dict[str, float]]:
         if run_id in self.steps:
             return self.steps[run_id]
-        from .curve import Curve
-        from .store import run_dir
 
         try:
             rows = Curve.load(run_dir(self.root, run_id) / "curve.csv", run_id).rows
@@ -83,10 +63,7 @@ class SweepMonitor:
         return last, {r[4]: r[5] for r in rows if r[1] == last}
 
     def table(self) -> Any:
-        from rich.table import Table
 
-        from .runs import run_state
-        from .store import run_dir
 
         counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
         table = Table(title=f"sweep {self.plan.name} ({self.plan.budget})", expand=False)

@@ -6,26 +6,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, build_config, parse_set
-from .errors import UserError
-from .store import CorruptFile, cache_dir, read_json, run_dir, write_json
+import torch
 
-
-def run_state(path: Path) -> str:
-    """pending / running / done / failed, from status.json (missing = pending)."""
-    try:
-        state = read_json(path / "status.json")["state"]
-    except (FileNotFoundError, ValueError, KeyError):
-        return "pending"
-    if state == "done" and not (path / "final.json").exists():
-        return "running"
-    return state
+from mirai_lab.config import RunConfig, build_config, config_from_dict, parse_set
+from mirai_lab.data.tokens import prepare_tokens
+from mirai_lab.errors import UserError
+from mirai_lab.evaluate.evaluator import Evaluator
+from mirai_lab.foresight.sources import load_gpt_weights
+from mirai_lab.model.gpt import GPT
+from mirai_lab.runs.identity import run_id_of
+from mirai_lab.runs.state import run_state
+from mirai_lab.runs.store import CorruptFile, cache_dir, read_json, run_dir, write_json
+from mirai_lab.training.build import model_shape
+from mirai_lab.training.trainer import Trainer
 
 
 def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, float]], None] | None = None,
             threads: int | None = None) -> tuple[dict[str, Any], Path, bool]:
     """Train the run unless it is already done; returns (final, run dir, skipped)."""
-    from .train import Trainer, run_id_of
 
     path = run_dir(root, run_id_of(cfg))
     if run_state(path) == "done":
@@ -36,12 +34,7 @@ def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, 
 
 def load_trained(run: str, root: Path) -> tuple[RunConfig, Any, Any]:
     """(config, EMA model, data) of a finished or checkpointed run."""
-    import torch
 
-    from .data.tokens import prepare_tokens
-    from .foresight.sources import load_gpt_weights
-    from .model.gpt import GPT
-    from .train import load_run_config, model_shape
 
     cfg, path = load_run_config(root, run)
     ckpt = path / "checkpoint.pt"
@@ -59,8 +52,6 @@ def load_trained(run: str, root: Path) -> tuple[RunConfig, Any, Any]:
 
 def eval_run(run: str, root: Path, n: int | None, extractor: str | None) -> dict[str, Any]:
     """Recompute the final metrics of a run and rewrite its final.json (atomically)."""
-    from .evaluate.evaluator import Evaluator
-    from .train import load_run_config
 
     cfg, model, data = load_trained(run, root)
     if n is not None:
@@ -75,11 +66,25 @@ def eval_run(run: str, root: Path, n: int | None, extractor: str | None) -> dict
 
 
 def eval_floors(root: Path, set_items: list[str], n: int | None) -> dict[str, Any]:
-    from .data.tokens import prepare_tokens
-    from .evaluate.evaluator import Evaluator
 
     cfg = build_config(None, parse_set(set_items))
     data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(root))
     ev = Evaluator(cfg, data, cache_dir(root))
     count = n or cfg.eval.n_samples_final
     return {"n": count, "classifier_val_acc": ev.classifier.val_accuracy, **ev.floors(count)}
+
+
+def load_run_config(root: Path, run: str) -> tuple[RunConfig, Path]:
+    """Config of an existing run given its id or its directory."""
+
+    path = Path(run)
+    if not (path / "config.json").exists():
+        path = run_dir(root, run)
+    if not (path / "config.json").exists():
+        raise UserError(f"run {run!r} not found (looked for {path / 'config.json'})")
+    try:
+        d = read_json(path / "config.json")
+    except ValueError as exc:
+        raise UserError(f"{path / 'config.json'} is not valid JSON: {exc}") from None
+    d.pop("run_id", None)
+    return config_from_dict(d), path

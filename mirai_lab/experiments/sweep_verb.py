@@ -11,11 +11,20 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .config import parse_set
-from .errors import UserError
-from .progress import SweepMonitor
-from .spec import axis_spec_path, load_plan
-from .sweep import manifest_path, run_sequential, spawn_workers, states, summary, to_train, worker_loop, write_manifest
+from mirai_lab.config import parse_set
+from mirai_lab.errors import UserError
+from mirai_lab.experiments.monitor import SweepMonitor
+from mirai_lab.experiments.spec import axis_spec_path, load_plan
+from mirai_lab.experiments.sweep import (
+    manifest_path,
+    run_sequential,
+    spawn_workers,
+    states,
+    summary,
+    to_train,
+    worker_loop,
+    write_manifest,
+)
 
 console = Console(stderr=True)
 

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from .store import write_text
+from mirai_lab.runs.store import write_text
 
 COLUMNS = ("run_id", "step", "images_seen", "wall_s", "metric", "value")
 

@@ -23,14 +23,17 @@ Several axes expand to their product; a variant's name joins its axis values wit
 from __future__ import annotations
 
 import itertools
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS, RunConfig, build_config, flatten, read_toml
-from .errors import UserError
+from mirai_lab.config import SECTIONS, RunConfig, build_config, flatten, read_toml
+from mirai_lab.errors import UserError
+from mirai_lab.runs.identity import run_id_of
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+# The built-in specs ship inside the package, so an installed wheel runs every axis and table.
+SPECS_DIR = Path(str(resources.files("mirai_lab.experiments") / "specs"))
 AXES = ("injection", "layout", "source", "layer", "k", "encoder", "visibility", "schedule")
 SPEC_TABLES = {"experiment", "base", "axes", "paper"}
 EXPERIMENT_KEYS = {"name", "budget", "seeds", "baseline", "description"}
@@ -68,15 +71,15 @@ class Plan:
 def axis_spec_path(axis: str) -> Path:
     if axis not in AXES:
         raise UserError(f"--axis {axis!r}: expected one of {', '.join(AXES)}")
-    return EXPERIMENTS_DIR / "axes" / f"{axis}.toml"
+    return SPECS_DIR / "axes" / f"{axis}.toml"
 
 
 def named_spec_path(name: str) -> Path:
-    """`table2` -> experiments/table2.toml; a path is taken as it is."""
+    """`table2` -> the built-in spec table2.toml; a path is taken as it is."""
     path = Path(name)
     if path.suffix == ".toml" or path.exists():
         return path
-    return EXPERIMENTS_DIR / f"{name}.toml"
+    return SPECS_DIR / f"{name}.toml"
 
 
 def _seeds(value: Any, where: str) -> list[int]:
@@ -137,7 +140,6 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
         raise UserError(f"{where}: expected at least one [axes.<name>] table with variants")
     axis_variants = [[(vname, _variant_overrides(vname, vtable, where)) for vname, vtable in variants.items()]
                      for variants in axes.values()]
-    from .train import run_id_of
 
     def build(variant: str, merged: dict[str, Any]) -> RunConfig:
         try:

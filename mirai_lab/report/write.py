@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .report_figures import montage, plot_bars, plot_curves
-from .report_tables import (
+from mirai_lab.errors import UserError
+from mirai_lab.report.figures import montage, plot_bars, plot_curves
+from mirai_lab.report.tables import (
     COMPARED,
     METRICS,
     build_table,
@@ -30,8 +30,8 @@ from .report_tables import (
     to_latex,
     to_markdown,
 )
-from .runs import run_state
-from .store import read_json, run_dir, write_text
+from mirai_lab.runs.state import run_state
+from mirai_lab.runs.store import read_json, run_dir, write_text
 
 __all__ = ["collect", "load_manifests", "paired_interval", "steps_to_reach", "write_report"]
 

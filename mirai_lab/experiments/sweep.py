@@ -17,10 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .runs import execute, run_state
-from .spec import Plan
-from .store import read_json, run_dir, write_json
-from .train import Diverged, set_status
+from mirai_lab.experiments.queue import RunQueue, open_storage
+from mirai_lab.experiments.spec import Plan
+from mirai_lab.runs.state import run_state, set_status
+from mirai_lab.runs.store import read_json, run_dir, write_json
+from mirai_lab.training.run import execute
+from mirai_lab.training.trainer import Diverged
 
 
 def manifest_path(root: Path, name: str) -> Path:
@@ -78,7 +80,6 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
     A dead worker's claim is re-issued after 3 missed heartbeats ($MIRAI_LAB_HEARTBEAT_S,
     default 30 s).
     """
-    from .claim import RunQueue, open_storage
 
     heartbeat_s = int(os.environ.get("MIRAI_LAB_HEARTBEAT_S", "30"))
     storage = open_storage(storage_url, root / "sweeps" / plan.name / "journal.log", heartbeat_s=heartbeat_s)

@@ -12,16 +12,20 @@ one, never half of one. Directory layout (DESIGN section 4):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from mirai_lab.errors import UserError
 
 RESULTS_ENV = "MIRAI_LAB_RESULTS"
 
@@ -73,7 +77,6 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
     except OSError as exc:
-        from .errors import UserError
 
         raise UserError(f"could not write {path}: {exc.strerror or exc}; the previous version is kept") from exc
     finally:
@@ -85,7 +88,6 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def cache_lock(path: Path) -> Iterator[None]:
     """Exclusive lock beside a cache file, so that parallel workers build it once: the
     second one waits, then finds the file and loads it."""
-    import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as fh:
@@ -126,9 +128,7 @@ def load_tensors(path: Path) -> Any:
     A file carrying arbitrary pickled objects is refused by weights_only=True; the
     UnpicklingError is turned into a UserError so the user sees one line.
     """
-    import pickle
 
-    from .errors import UserError
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -5,22 +5,26 @@ Running it again trains nothing that is done and only re-renders the report.
 
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import time
 from pathlib import Path
 
-from .errors import UserError
-from .spec import EXPERIMENTS_DIR
-from .store import write_json, write_text
+import optuna
+import torch
+import torch_fidelity
+
+from mirai_lab.errors import UserError
+from mirai_lab.experiments.spec import SPECS_DIR
+from mirai_lab.experiments.sweep_verb import run_sweep
+from mirai_lab.report.write import write_report
+from mirai_lab.runs.store import write_json, write_text
 
 TABLES = ("table1", "table2", "table3", "table4")
 
 
 def environment() -> dict[str, str]:
-    import optuna
-    import torch
-    import torch_fidelity
 
     cpu = platform.processor() or "unknown"
     try:
@@ -30,7 +34,6 @@ def environment() -> dict[str, str]:
                 break
     except OSError:
         pass
-    import os
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torch_fidelity": torch_fidelity.__version__, "optuna": optuna.__version__, "cpu": cpu,
@@ -39,12 +42,10 @@ def environment() -> dict[str, str]:
 
 def reproduce_table(table: str, root: Path, *, budget: str | None, seeds: int | None, workers: int,
                     set_items: list[str], argv: list[str]) -> Path:
-    from .report import write_report
-    from .sweep_cli import run_sweep
 
     if table not in TABLES:
         raise UserError(f"{table!r}: expected one of {', '.join(TABLES)}")
-    spec = EXPERIMENTS_DIR / f"{table}.toml"
+    spec = SPECS_DIR / f"{table}.toml"
     t0 = time.perf_counter()
     sweep_args = ["sweep", "--experiment", str(spec), "--results-dir", str(root)] + \
         (["--budget", budget] if budget else []) + (["--seeds", str(seeds)] if seeds else []) + \

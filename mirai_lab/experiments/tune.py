@@ -15,11 +15,13 @@ from typing import Any
 
 import optuna
 
-from .config import RunConfig, build_config, flatten
-from .errors import UserError
-from .runs import run_state
-from .store import run_dir, write_text
-from .train import Diverged, Trainer, run_id_of, set_status
+from mirai_lab.config import RunConfig, build_config, flatten
+from mirai_lab.errors import UserError
+from mirai_lab.experiments.queue import open_storage
+from mirai_lab.runs.identity import run_id_of
+from mirai_lab.runs.state import run_state, set_status
+from mirai_lab.runs.store import run_dir, write_text
+from mirai_lab.training.trainer import Diverged, Trainer
 
 SOURCES = {
     "ema": {"foresight.source": "ema", "foresight.k": 3, "foresight.layout": "2d"},
@@ -83,7 +85,6 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 def open_study(opts: TuneOptions, root: Path) -> optuna.Study:
-    from .claim import open_storage
 
     storage_url = opts.storage or f"sqlite:///{(root / 'studies' / (opts.study + '.db')).resolve()}"
     if storage_url.startswith("sqlite:///"):

@@ -17,8 +17,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from .report_tables import COMPARED
-from .store import atomic_path, run_dir
+from mirai_lab.report.tables import COMPARED
+from mirai_lab.runs.store import atomic_path, run_dir
 
 DPI = 150
 

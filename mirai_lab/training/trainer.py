@@ -13,46 +13,38 @@ alone evaluates and writes the run files.
 from __future__ import annotations
 
 import copy
-import math
 import os
-import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .config import RunConfig
-from .curve import Curve
-from .data.tokens import TokenData, prepare_tokens
-from .distributed import init_distributed
-from .errors import UserError
-from .foresight.encoders import encoder_features
-from .foresight.layout import build_layout
-from .foresight.objective import ForesightHeads
-from .foresight.sources import (
-    FeatureTableSource,
-    TargetSource,
-    TeacherSource,
-    load_gpt_weights,
-    resolve_checkpoint,
-)
-from .model.gpt import GPT, GPTShape
-from .store import (
+from mirai_lab.config import RunConfig
+from mirai_lab.data.tokens import prepare_tokens
+from mirai_lab.distributed import init_distributed
+from mirai_lab.errors import UserError
+from mirai_lab.evaluate.evaluator import Evaluator
+from mirai_lab.model.gpt import GPT
+from mirai_lab.runs.curve import Curve
+from mirai_lab.runs.identity import run_id_of
+from mirai_lab.runs.state import set_status
+from mirai_lab.runs.store import (
     CorruptFile,
     cache_dir,
-    content_hash,
     load_tensors,
-    read_json,
     run_dir,
     save_tensors,
     write_json,
 )
+from mirai_lab.training.batches import batch_indices, crop_indices
+from mirai_lab.training.build import build_foresight, model_shape
+from mirai_lab.training.ema import update_ema
+from mirai_lab.training.optim import param_groups
+from mirai_lab.training.schedule import learning_rate
+from mirai_lab.training.step import StepLoss
 
 INJECT_NAN_ENV = "MIRAI_LAB_INJECT_NAN_AT"  # "STEP" or "RUN_ID:STEP": fault injection for the reliability suite
 
@@ -61,121 +53,29 @@ class Diverged(Exception):
     """The loss became NaN or infinite; the run is marked failed and the sweep goes on."""
 
 
-def run_id_of(cfg: RunConfig) -> str:
-    """Hash of the resolved config; the thread count and the micro-batching change speed and
-    memory, not the run, so they are left out."""
-    d = cfg.to_dict()
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("threads", "grad_accum")}
-    return content_hash(d)
 
 
-def model_shape(cfg: RunConfig, data: TokenData) -> GPTShape:
-    m = cfg.model
-    return GPTShape(vocab_size=data.vocab_size, num_classes=data.num_classes, grid=data.grid,
-                    n_layer=m.n_layer, dim=m.dim, n_head=m.n_head, ffn_hidden=m.ffn_hidden,
-                    token_dropout=m.token_dropout, resid_dropout=m.resid_dropout, ffn_dropout=m.ffn_dropout,
-                    class_dropout=m.class_dropout)
 
 
-def batch_indices(train_idx: torch.Tensor, batch: int, seed: int, step: int) -> torch.Tensor:
-    """Epoch-wise shuffling without replacement, as a pure function of (seed, step)."""
-    per_epoch = max(1, len(train_idx) // batch)
-    epoch, offset = divmod(step, per_epoch)
-    perm = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return train_idx[perm[offset * batch : (offset + 1) * batch]]
 
 
-def crop_indices(batch: int, n_crops: int, seed: int, step: int) -> torch.Tensor | None:
-    """A random augmentation crop per sample (code folders), a pure function of (seed, step),
-    so the matching feature crop can be read and a resumed run draws the same crops."""
-    if n_crops == 1:
-        return None
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 7)
-    return torch.randint(n_crops, (batch,), generator=g)
 
 
-def learning_rate(cfg: RunConfig, step: int) -> float:
-    t = cfg.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.lr_schedule == "cosine":
-        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-        return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-    return t.lr
 
 
-def param_groups(modules: list[torch.nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices and embeddings (ndim >= 2), none on norms and biases."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-@torch.no_grad()
-def update_ema(ema: GPT, model: GPT, decay: float, step: int) -> None:
-    """EMA with the usual warm-up of the decay, so short runs are not dominated by the init."""
-    d = min(decay, (1 + step) / (10 + step))
-    ema_p = list(ema.parameters())
-    torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - d)
 
 
-@dataclass
-class Foresight:
-    heads: ForesightHeads
-    source: TargetSource | None  # None for mtp (targets are the tokens themselves)
-    student_block: int
 
 
-def build_foresight(cfg: RunConfig, data: TokenData, shape: GPTShape, ema: GPT, root: Path,
-                    device: torch.device = torch.device("cpu")) -> Foresight | None:
-    f = cfg.foresight
-    if f.source == "none" and f.injection != "mtp":
-        return None
-    layout = build_layout(f.layout, f.k, data.grid)
-    source: TargetSource | None = None
-    if f.source == "ema":
-        source = TeacherSource(ema, f.teacher_block)
-    elif f.source == "static":
-        teacher = GPT(shape)
-        load_gpt_weights(teacher, resolve_checkpoint(f.static_checkpoint, root))
-        teacher.requires_grad_(False)
-        source = TeacherSource(teacher.to(device), f.teacher_block)
-    elif f.source == "bidirectional":
-        source = FeatureTableSource(encoder_features(f.encoder, f.visibility, data, cache_dir(root),
-                                                     features_dir=cfg.data.features_dir,
-                                                     weights=f.encoder_weights, steps=f.encoder_steps))
-    d_target = source.dim if source is not None else shape.dim
-    heads = ForesightHeads(f, layout, shape.dim, d_target, shape.n_tokens, cfg.train.steps, shape.vocab_size)
-    return Foresight(heads.to(device), source, f.student_block)
 
 
-class StepLoss(nn.Module):
-    """The model and the foresight heads as one module, so that DDP syncs the gradients of
-    both with one reducer and the loss of a (micro-)batch is a single forward call."""
-
-    def __init__(self, model: GPT, foresight: Foresight | None) -> None:
-        super().__init__()
-        self.model = model
-        self.heads = foresight.heads if foresight is not None else None
-        self.blocks = (foresight.student_block,) if foresight is not None else ()
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None, step: int
-                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """(total loss, NTP loss, per-head logs) of token grids x (B, N), labels y and foresight targets."""
-        logits, hidden = self.model(x[:, :-1], y, hidden_blocks=self.blocks)
-        ntp = F.cross_entropy(logits.flatten(0, 1), x.flatten())
-        if self.heads is None:
-            return ntp, ntp, {}
-        aux, logs = self.heads(hidden[self.blocks[0]], targets, step)
-        return ntp + aux, ntp, logs
 
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
-def set_status(path: Path, state: str, **extra: Any) -> None:
-    write_json(path / "status.json", {"state": state, "time": time.time(), "host": socket.gethostname(),
-                                      "pid": os.getpid(), **extra})
 
 
 class Trainer:
@@ -288,7 +188,6 @@ class Trainer:
         update_ema(self.ema, self.model, t.ema_decay, step)
 
     def make_evaluator(self) -> Any:
-        from .evaluate.evaluator import Evaluator
 
         return Evaluator(self.cfg, self.data, cache_dir(self.root))
 
@@ -353,18 +252,3 @@ class Trainer:
             self.progress(self.step, self.cfg.train.steps, row)
 
 
-def load_run_config(root: Path, run: str) -> tuple[RunConfig, Path]:
-    """Config of an existing run given its id or its directory."""
-    from .config import config_from_dict
-
-    path = Path(run)
-    if not (path / "config.json").exists():
-        path = run_dir(root, run)
-    if not (path / "config.json").exists():
-        raise UserError(f"run {run!r} not found (looked for {path / 'config.json'})")
-    try:
-        d = read_json(path / "config.json")
-    except ValueError as exc:
-        raise UserError(f"{path / 'config.json'} is not valid JSON: {exc}") from None
-    d.pop("run_id", None)
-    return config_from_dict(d), path

@@ -1,0 +1,1 @@
+"""Running experiments: specs (shipped in `specs/`), sweeps, the run queue, tuning, reproductions."""

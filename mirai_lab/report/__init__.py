@@ -1,0 +1,1 @@
+"""Reports of finished sweeps: collecting runs, statistics, tables and figures."""

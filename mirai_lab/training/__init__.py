@@ -1,0 +1,1 @@
+"""Training one run: the loop, its step, schedule, EMA, batches, and the run lifecycle."""
