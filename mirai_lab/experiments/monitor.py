@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.table import Table
 
 from mirai_lab.runs.curve import Curve
-from mirai_lab.runs.state import run_state
+from mirai_lab.runs.state import RunState, run_state
 from mirai_lab.runs.store import run_dir
 
 
@@ -65,7 +65,7 @@ class SweepMonitor:
     def table(self) -> Any:
 
 
-        counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
+        counts = {s.value: 0 for s in RunState}
         table = Table(title=f"sweep {self.plan.name} ({self.plan.budget})", expand=False)
         for col in ("run", "variant", "seed", "state", "step", "val_nll", "fid_domain"):
             table.add_column(col)
@@ -75,10 +75,10 @@ class SweepMonitor:
                 continue
             seen.add(run.run_id)
             state = run_state(run_dir(self.root, run.run_id))
-            counts[state] = counts.get(state, 0) + 1
-            if state in ("running", "failed") or run.run_id == self._current:
+            counts[state.value] += 1
+            if state in (RunState.RUNNING, RunState.FAILED) or run.run_id == self._current:
                 step, row = self._last_step(run.run_id)
-                table.add_row(run.run_id, run.variant, str(run.seed), state, f"{step}/{run.cfg.train.steps}",
+                table.add_row(run.run_id, run.variant, str(run.seed), state.value, f"{step}/{run.cfg.train.steps}",
                               *(f"{row[k]:.4g}" if k in row else "-" for k in ("val_nll", "fid_domain")))
         table.caption = " | ".join(f"{k} {v}" for k, v in counts.items())
         return table

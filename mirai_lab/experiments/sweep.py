@@ -19,7 +19,7 @@ from typing import Any
 
 from mirai_lab.experiments.queue import RunQueue, open_storage
 from mirai_lab.experiments.spec import Plan
-from mirai_lab.runs.state import run_state, set_status
+from mirai_lab.runs.state import RunState, run_state, set_status
 from mirai_lab.runs.store import read_json, run_dir, write_json
 from mirai_lab.training.run import execute
 from mirai_lab.training.trainer import Diverged
@@ -42,14 +42,13 @@ def write_manifest(plan: Plan, root: Path, command: str) -> Path:
     return path
 
 
-def states(plan: Plan, root: Path) -> dict[str, str]:
+def states(plan: Plan, root: Path) -> dict[str, RunState]:
     return {r.run_id: run_state(run_dir(root, r.run_id)) for r in plan.unique_runs}
 
 
 def to_train(plan: Plan, root: Path, retry_failed: bool) -> list[str]:
     st = states(plan, root)
-    wanted = ("pending", "running", "failed") if retry_failed else ("pending", "running")
-    return [rid for rid, s in st.items() if s in wanted]
+    return [rid for rid, s in st.items() if s.needs_training(retry_failed)]
 
 
 def train_one(plan: Plan, run_id: str, root: Path, threads: int | None,
@@ -63,7 +62,7 @@ def train_one(plan: Plan, run_id: str, root: Path, threads: int | None,
         return f"diverged: {exc}"
     except Exception as exc:  # noqa: BLE001 - one broken run must not stop the sweep
         message = f"{type(exc).__name__}: {exc}"
-        set_status(run_dir(root, run_id), "failed", error=message)
+        set_status(run_dir(root, run_id), RunState.FAILED, error=message)
         return message
 
 
@@ -84,12 +83,13 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
     heartbeat_s = int(os.environ.get("MIRAI_LAB_HEARTBEAT_S", "30"))
     storage = open_storage(storage_url, root / "sweeps" / plan.name / "journal.log", heartbeat_s=heartbeat_s)
     queue = RunQueue(storage, plan.name, [r.run_id for r in plan.unique_runs],
-                     lambda rid: run_state(run_dir(root, rid)) == "done", retry_failed=retry_failed)
+                     lambda rid: not run_state(run_dir(root, rid)).needs_training(retry_failed),
+                     retry_failed=retry_failed)
     trained = 0
     depends = {r.run_id: r.depends_on for r in plan.runs if r.depends_on}
     while (claim := queue.claim(wait=True, poll_s=2.0)) is not None:
         dep = depends.get(claim.run_id)
-        if dep is not None and run_state(run_dir(root, dep)) != "done":
+        if dep is not None and run_state(run_dir(root, dep)) is not RunState.DONE:
             claim.release()  # its teacher is still training elsewhere: give it back and wait
             time.sleep(2.0)
             continue
@@ -118,7 +118,7 @@ def spawn_workers(argv: list[str], n: int, threads: int, log_dir: Path) -> list[
 
 
 def summary(plan: Plan, root: Path) -> dict[str, int]:
-    counts = {"done": 0, "running": 0, "pending": 0, "failed": 0}
+    counts = {s.value: 0 for s in RunState}
     for s in states(plan, root).values():
-        counts[s] = counts.get(s, 0) + 1
+        counts[s.value] += 1
     return counts

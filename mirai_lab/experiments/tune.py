@@ -19,7 +19,7 @@ from mirai_lab.config import RunConfig, build_config, flatten
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.queue import open_storage
 from mirai_lab.runs.identity import run_id_of
-from mirai_lab.runs.state import run_state, set_status
+from mirai_lab.runs.state import RunState, run_state, set_status
 from mirai_lab.runs.store import run_dir, write_text
 from mirai_lab.training.trainer import Diverged, Trainer
 
@@ -113,12 +113,12 @@ def objective_fn(opts: TuneOptions, root: Path) -> Any:
                     raise optuna.TrialPruned(f"pruned at step {step}")
 
         path = run_dir(root, run_id)
-        if run_state(path) == "done":
+        if run_state(path) is RunState.DONE:
             return float(json.loads((path / "final.json").read_text())[opts.objective])
         try:
             final = Trainer(cfg, root, report).run()
         except optuna.TrialPruned:
-            set_status(path, "pruned")
+            set_status(path, RunState.PRUNED)
             raise
         except Diverged:
             return float("inf")

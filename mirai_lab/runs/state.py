@@ -24,6 +24,10 @@ class RunState(StrEnum):
     FAILED = "failed"
     PRUNED = "pruned"
 
+    def needs_training(self, retry_failed: bool = False) -> bool:
+        """Whether a sweep (sequential or a claiming worker alike) still has to train this run."""
+        return self in (RunState.PENDING, RunState.RUNNING) or (retry_failed and self is RunState.FAILED)
+
 
 def set_status(path: Path, state: RunState, **extra: Any) -> None:
     """Write status.json atomically; `extra` carries the error of a failed run, the step, etc."""

@@ -15,7 +15,7 @@ from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.foresight.sources import load_gpt_weights
 from mirai_lab.model.gpt import GPT
 from mirai_lab.runs.identity import run_id_of
-from mirai_lab.runs.state import run_state
+from mirai_lab.runs.state import RunState, run_state
 from mirai_lab.runs.store import CorruptFile, cache_dir, read_json, run_dir, write_json
 from mirai_lab.training.build import model_shape
 from mirai_lab.training.trainer import Trainer
@@ -26,7 +26,7 @@ def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, 
     """Train the run unless it is already done; returns (final, run dir, skipped)."""
 
     path = run_dir(root, run_id_of(cfg))
-    if run_state(path) == "done":
+    if run_state(path) is RunState.DONE:
         return read_json(path / "final.json"), path, True
     final = Trainer(cfg, root, progress, threads).run()
     return final, path, False

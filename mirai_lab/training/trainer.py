@@ -203,7 +203,7 @@ class Trainer:
             config_path = self.dir / "config.json"
             if not config_path.exists():
                 write_json(config_path, {"run_id": self.run_id, **cfg.to_dict()})
-            set_status(self.dir, "running")
+            set_status(self.dir, RunState.RUNNING)
         resumed = self.try_resume()
         evaluator = (evaluator or self.make_evaluator()) if main else None
         self.t0 = time.perf_counter()
@@ -222,7 +222,7 @@ class Trainer:
                     counts.clear()
         except Diverged as exc:
             if main:
-                set_status(self.dir, "failed", error=f"diverged: {exc}", step=self.step)
+                set_status(self.dir, RunState.FAILED, error=f"diverged: {exc}", step=self.step)
             raise
         self.dist.barrier()  # every rank leaves the group together, before rank 0's final evaluation
         self.dist.close()
@@ -233,7 +233,7 @@ class Trainer:
         final.update({"run_id": self.run_id, "steps": self.step, "wall_s": round(self.wall(), 2),
                       "resumed": resumed, "params": self.model.n_params()})
         write_json(self.dir / "final.json", final)
-        set_status(self.dir, "done")
+        set_status(self.dir, RunState.DONE)
         return final
 
     def log_eval(self, evaluator: Any, sums: dict[str, float], counts: dict[str, int]) -> None:
