@@ -178,7 +178,8 @@ def eval_(
 
 @app.command()
 def sweep(
-    axis: Annotated[str | None, typer.Option(help="Built-in axis: injection, layout, source, layer, k, encoder, visibility, schedule.")] = None,
+    axis: Annotated[str | None, typer.Option(help="Built-in axis: injection, layout, source, layer, k, encoder, "
+                                                   "visibility or schedule.")] = None,
     experiment: Annotated[Path | None, typer.Option(help="Any experiment spec (TOML).")] = None,
     set_: SetOpt = None,
     budget: BudgetOpt = None,

@@ -23,8 +23,8 @@ Several axes expand to their product; a variant's name joins its axis values wit
 from __future__ import annotations
 
 import itertools
-from importlib import resources
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 

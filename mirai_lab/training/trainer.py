@@ -30,7 +30,7 @@ from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.model.gpt import GPT
 from mirai_lab.runs.curve import Curve
 from mirai_lab.runs.identity import run_id_of
-from mirai_lab.runs.state import set_status
+from mirai_lab.runs.state import RunState, set_status
 from mirai_lab.runs.store import (
     CorruptFile,
     cache_dir,
