@@ -8,7 +8,7 @@ SEEDS ?=
 WORKERS ?= 2
 RESULTS ?= results
 
-.PHONY: install test test-all lint bench demo reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-all clean
+.PHONY: install test test-all lint bench wheel demo reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-all clean
 
 install: $(STAMP)
 
@@ -28,8 +28,13 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mirai-lab train --budget quick
 
+# refreshes the committed benchmarks/ (plain `mirai-lab bench` writes under <results>/bench)
 bench: $(STAMP)
 	$(BIN)/mirai-lab bench --out benchmarks
+
+# the installable package, specs included (tests/test_wheel.py installs and runs one)
+wheel: $(STAMP)
+	$(BIN)/pip wheel --no-deps --no-build-isolation -q -w dist .
 
 TABLES := reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4
 
@@ -40,4 +45,4 @@ $(TABLES): reproduce-table%: $(STAMP)
 reproduce-all: reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4
 
 clean:
-	rm -rf $(VENV) results/runs results/cache results/sweeps
+	rm -rf $(VENV) dist build results/runs results/cache results/sweeps results/stale

@@ -7,6 +7,7 @@ exit code 2, nothing written.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,19 +17,34 @@ import typer
 from rich.console import Console
 from typer._click.exceptions import ClickException  # typer >= 0.20 vendors click
 
-from mirai_lab.bench import run_bench
-from mirai_lab.config import build_config, load_spec_file, parse_set
+from mirai_lab.bench import SECTIONS, BenchOptions, run_bench
+from mirai_lab.bench.llamagen import LLAMAGEN_DIR
+from mirai_lab.config import (
+    MAX_SAMPLES,
+    MAX_SEEDS,
+    MAX_TRIALS,
+    MAX_WORKERS,
+    SEED_MAX,
+    build_config,
+    finite,
+    load_spec_file,
+    parse_set,
+)
 from mirai_lab.data.tokens import prepare_tokens
 from mirai_lab.distributed import is_main_process
 from mirai_lab.errors import UserError
 from mirai_lab.evaluate.evaluator import write_sample_grid
-from mirai_lab.experiments.reproduce import reproduce_table
+from mirai_lab.experiments.adaptive import adaptive_options, run_adaptive, sweep_argv
+from mirai_lab.experiments.reproduce import reproduce_table, write_report_environment
+from mirai_lab.experiments.spec import SPECS_DIR, axis_spec_path
 from mirai_lab.experiments.sweep_verb import run_sweep
 from mirai_lab.experiments.tune import TuneOptions, run_tune
 from mirai_lab.foresight.dinov2 import prepare_dinov2
 from mirai_lab.model.sample import sample_tokens
 from mirai_lab.presets import MODEL_PRESETS
+from mirai_lab.report.seed_plan import format_plan, plan_seeds
 from mirai_lab.report.write import write_report
+from mirai_lab.runs import tracking
 from mirai_lab.runs.store import cache_dir, results_root
 from mirai_lab.training.progress import run_with_progress
 from mirai_lab.training.run import eval_floors, eval_run, load_trained
@@ -42,6 +58,20 @@ BudgetOpt = Annotated[str | None, typer.Option(help="Run length: smoke | quick |
 ResultsOpt = Annotated[Path | None, typer.Option("--results-dir", envvar="MIRAI_LAB_RESULTS",
                                                  help="Results directory (default ./results).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+AdaptiveOpt = Annotated[bool | None, typer.Option("--adaptive/--no-adaptive", help="Add seeds in rounds until every "
+                                                  "val_nll difference is resolved or equivalent (default: the spec's "
+                                                  "[experiment] adaptive, unless --seeds is given); --seeds N is then "
+                                                  "the first round.")]
+MarginOpt = Annotated[float | None, typer.Option(help="Adaptive: equivalence margin in nats of val_nll (default: the "
+                                                      "spec's, else 0.01).")]
+MaxSeedsOpt = Annotated[int | None, typer.Option(help="Adaptive: seed cap (default: the spec's, else 10).")]
+MaxMinutesOpt = Annotated[float | None, typer.Option(help="Adaptive: no round starts that would end past this many "
+                                                          "minutes (default: the spec's, else 60).")]
+TrackerOpt = Annotated[str | None, typer.Option(help="Log curves and final metrics to none | tensorboard | wandb "
+                                                     "(offline, files in the run folder; default $MIRAI_LAB_TRACKER "
+                                                     "or none).")]
+NameOpt = Annotated[str | None, typer.Option(help="Sweep name (default: the spec's, plus budget, seeds and --set "
+                                                  "when they differ from the spec's).")]
 
 
 def _root(results_dir: Path | None) -> Path:
@@ -69,6 +99,8 @@ def prepare(
     out: Annotated[str | None, typer.Option(help="Feature shard folder (data.features_dir).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Image size the codes were made at.")] = None,
     grid: Annotated[int | None, typer.Option(help="Token grid side (default: from the codes).")] = None,
+    resize: Annotated[str, typer.Option(help="DINOv2 input resize: interpolate (official: float bicubic, no "
+                                             "antialias) | pil (antialiased PIL bicubic).")] = "interpolate",
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -82,7 +114,8 @@ def prepare(
         if missing:
             raise UserError(f"--encoder dinov2 needs {', '.join(missing)}")
 
-        info = prepare_dinov2(weights, images, codes, out, grid, hub=hub, model=model, image_size=image_size)
+        info = prepare_dinov2(weights, images, codes, out, grid, hub=hub, model=model, image_size=image_size,
+                              resize=resize)
         _emit(info, as_json, f"dinov2 features: {info['images']} images x {info['n_aug']} crops, grid "
               f"{info['grid']}, dim {info['dim']}; {info['written']} shards written, {info['skipped']} kept "
               f"-> {info['out']}")
@@ -104,10 +137,13 @@ def train(
     set_: SetOpt = None,
     budget: BudgetOpt = None,
     seed: Annotated[int | None, typer.Option(help="Shortcut for --set train.seed=N.")] = None,
+    tracker: TrackerOpt = None,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train one run (or resume it, or report it if it is already done)."""
+
+    tracking.select(tracker)
 
     overrides = parse_set(set_ or [])
     if seed is not None:
@@ -128,16 +164,17 @@ def train(
 @app.command()
 def sample(
     run: Annotated[str, typer.Argument(help="Run id or run directory.")],
-    n: Annotated[int, typer.Option("--n", min=1, help="Number of samples.")] = 64,
+    n: Annotated[int, typer.Option("--n", min=1, max=MAX_SAMPLES, help="Number of samples.")] = 64,
     cfg_scale: Annotated[float | None, typer.Option("--cfg", help="CFG scale (default: the run's eval.cfg_scale).")]
     = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Sampling seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Output PNG.")] = Path("samples.png"),
     results_dir: ResultsOpt = None,
 ) -> None:
     """Draw class-conditional samples from a run's EMA weights into a PNG grid."""
 
-
+    if cfg_scale is not None:
+        finite(cfg_scale, "--cfg")
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {str(out)!r}: expected a .png path")
     cfg, model, data = load_trained(run, _root(results_dir))
@@ -155,7 +192,8 @@ def sample(
 def eval_(
     run: Annotated[str | None, typer.Argument(help="Run id or directory (omit with --floors).")] = None,
     floors_: Annotated[bool, typer.Option("--floors", help="Print the real-vs-real / noise floors.")] = False,
-    n: Annotated[int | None, typer.Option("--n", min=4, help="Sample count (default: eval.n_samples_final).")] = None,
+    n: Annotated[int | None, typer.Option("--n", min=4, max=MAX_SAMPLES,
+                                          help="Sample count (default: eval.n_samples_final).")] = None,
     extractor: Annotated[str | None, typer.Option(help="domain | inception-v3-compat")] = None,
     set_: SetOpt = None,
     results_dir: ResultsOpt = None,
@@ -183,12 +221,21 @@ def sweep(
     experiment: Annotated[Path | None, typer.Option(help="Any experiment spec (TOML).")] = None,
     set_: SetOpt = None,
     budget: BudgetOpt = None,
-    seeds: Annotated[int | None, typer.Option(help="Number of seeds (0..n-1); default: the spec's.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Runs trained at once on this machine.")] = 1,
+    seeds: Annotated[int | None, typer.Option(min=1, max=MAX_SEEDS,
+                                              help="Number of seeds (0..n-1); default: the spec's.")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=MAX_WORKERS, help="Runs trained at once on this machine.")] = 1,
     storage: Annotated[str | None, typer.Option(help="Optuna storage shared by workers: journal:PATH, "
                                                      "postgresql://... (default with --workers > 1: a journal "
                                                      "file beside the manifest).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Train failed runs again.")] = False,
+    rerun_stale: Annotated[bool, typer.Option("--rerun-stale", help="Train again the runs an older code version "
+                                                                     "computed (docs/provenance.md).")] = False,
+    name: NameOpt = None,
+    tracker: TrackerOpt = None,
+    adaptive: AdaptiveOpt = None,
+    margin: MarginOpt = None,
+    max_seeds: MaxSeedsOpt = None,
+    max_minutes: MaxMinutesOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the run table, do nothing.")] = False,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
@@ -196,11 +243,27 @@ def sweep(
 ) -> None:
     """Expand an experiment over its axes and seeds and train every run once."""
 
+    tracking.select(tracker)
+
     if (axis is None) == (experiment is None):
         raise UserError("give exactly one of --axis NAME or --experiment FILE")
+    spec_path = axis_spec_path(axis) if axis else Path(experiment)  # type: ignore[arg-type]
+    options = None if dry_run or as_worker else adaptive_options(
+        spec_path, adaptive=adaptive, margin=margin, max_seeds=max_seeds, max_minutes=max_minutes, seeds=seeds)
+    if options is not None:
+        if storage is not None:
+            raise UserError("--adaptive trains its rounds on this machine (--workers N): drop --storage")
+        root = _root(results_dir)
+        out = run_adaptive(spec_path=spec_path, set_items=set_ or [], budget=budget, workers=workers, root=root,
+                           options=options, argv=sweep_argv(spec_path, root, budget, set_ or [], workers),
+                           as_json=as_json, name=name)
+        _emit(out, as_json, f"adaptive sweep {out['name']}: looks at {out['looks']} seeds, intervals at "
+              f"{100 * out['level']:.4g}%; {out['stopped']}")
+        return
     out = run_sweep(axis=axis, experiment=experiment, set_items=set_ or [], budget=budget, seeds=seeds,
                     workers=workers, storage=storage, retry_failed=retry_failed, dry_run=dry_run,
-                    root=_root(results_dir), as_json=as_json, as_worker=as_worker, argv=sys.argv[1:])
+                    root=_root(results_dir), as_json=as_json, as_worker=as_worker, argv=sys.argv[1:], name=name,
+                    rerun_stale=rerun_stale)
     if as_json and out is not None:
         print(json.dumps(out, sort_keys=True, default=str))
 
@@ -208,7 +271,7 @@ def sweep(
 @app.command()
 def tune(
     source: Annotated[str, typer.Option(help="ema | bidirectional | mtp")] = "ema",
-    trials: Annotated[int, typer.Option(min=1, help="Total trials in the study.")] = 20,
+    trials: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Total trials in the study.")] = 20,
     budget: Annotated[str, typer.Option(help="Run length of each trial.")] = "quick",
     objective: Annotated[str, typer.Option(help="fid_domain | val_nll (final value, minimised).")] = "fid_domain",
     pruner: Annotated[str, typer.Option(help="median | hyperband | none")] = "median",
@@ -220,7 +283,7 @@ def tune(
     storage: Annotated[str | None, typer.Option(help="sqlite:///F (one process; the default under "
                                                      "results/studies), journal:PATH or postgresql://...")] = None,
     set_: SetOpt = None,
-    out: Annotated[Path, typer.Option(help="Folder for the best spec.")] = Path("experiments/tuned"),
+    out: Annotated[Path | None, typer.Option(help="Folder for the best spec (default <results>/tuned).")] = None,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -229,7 +292,7 @@ def tune(
     opts = TuneOptions(source=source, trials=trials, budget=budget, objective=objective, pruner=pruner,
                        per_head=per_head, search_warmup=search_warmup, search_schedule=search_schedule,
                        search_block=search_block, study=study, storage=storage, base=parse_set(set_ or []))
-    out_info = run_tune(opts, _root(results_dir), out)
+    out_info = run_tune(opts, _root(results_dir), out, quiet=as_json)
     _emit(out_info, as_json, f"study {out_info['study']}: {out_info['trials']} trials ({out_info['complete']} "
           f"complete, {out_info['pruned']} pruned); best {objective} {out_info['best_value']:.4g} "
           f"{out_info['best_params']} -> {out_info['spec']}")
@@ -246,41 +309,88 @@ def report(
     root = _root(results_dir)
     target = out or root / "reports" / "+".join(sweeps)
     path = write_report(root, sweeps, target, command="mirai-lab " + " ".join(sys.argv[1:]))
+    write_report_environment(root, sweeps, target)
     console.print(f"report -> {path}", highlight=False)
+
+
+@app.command()
+def plan(
+    sweep_name: Annotated[str, typer.Argument(metavar="SWEEP", help="A sweep under <results>/sweeps.")],
+    halfwidth: Annotated[float, typer.Option(help="Requested half-width of each difference's interval.")] = 0.01,
+    metric: Annotated[str, typer.Option(help="val_nll | fid_domain")] = "val_nll",
+    workers: Annotated[int, typer.Option(min=1, help="Runs you would train at once (divides the wall time).")] = 1,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Seeds each variant needs for a requested interval half-width, and the wall time on this machine."""
+
+    info = plan_seeds(_root(results_dir), sweep_name, halfwidth, metric, workers)
+    if as_json:
+        _emit(info, True, "")
+    else:
+        Console().print(format_plan(info), highlight=False)
 
 
 @app.command()
 def reproduce(
     table: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4 (built-in specs).")],
     budget: BudgetOpt = None,
-    seeds: Annotated[int | None, typer.Option(help="Seeds (default: the spec's).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Runs trained at once.")] = 1,
+    seeds: Annotated[int | None, typer.Option(min=1, max=MAX_SEEDS, help="Seeds (default: the spec's).")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=MAX_WORKERS, help="Runs trained at once.")] = 1,
     set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the run table and the report folder, do "
+                                                            "nothing.")] = False,
+    tracker: TrackerOpt = None,
+    adaptive: AdaptiveOpt = None,
+    margin: MarginOpt = None,
+    max_seeds: MaxSeedsOpt = None,
+    max_minutes: MaxMinutesOpt = None,
     results_dir: ResultsOpt = None,
 ) -> None:
-    """Run a paper-table sweep, then write results/<table>/ (tables, figures, COMMAND, environment)."""
+    """Run a paper-table sweep, then write results/<table>/ (tables, figures, COMMAND, environment).
 
+    At another budget, seed count or --set the folder is named after them (results/table2-smoke-s1/)."""
+
+    tracking.select(tracker)
+
+    spec = SPECS_DIR / f"{table}.toml"  # an unknown table is refused by reproduce_table with the valid names
+    options = adaptive_options(spec, adaptive=adaptive, margin=margin, max_seeds=max_seeds, max_minutes=max_minutes,
+                               seeds=seeds) if spec.is_file() else None
     path = reproduce_table(table, _root(results_dir), budget=budget, seeds=seeds, workers=workers,
-                           set_items=set_ or [], argv=sys.argv[1:])
+                           set_items=set_ or [], argv=sys.argv[1:], dry_run=dry_run, adaptive=options)
     console.print(f"{table} -> {path}", highlight=False)
 
 
 @app.command()
 def bench(
-    out: Annotated[Path, typer.Option(help="Folder for results.md and results.csv.")] = Path("benchmarks"),
-    presets: Annotated[str, typer.Option(help="Comma-separated model presets.")] = "cpu-s,cpu-m",
-    repeats: Annotated[int, typer.Option(min=1, help="Interleaved repeats (medians).")] = 5,
-    quick: Annotated[bool, typer.Option("--quick", help="Fewer steps, no smoke sweep.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Folder for results.md and results.csv (default <results>/bench; "
+                                                  "the committed benchmarks/ is refreshed by `make bench`).")] = None,
+    presets: Annotated[str, typer.Option(help="Comma-separated model presets (default cpu-s,cpu-m; "
+                                              "gpt-b,tiny,cpu-s on cuda).")] = "",
+    repeats: Annotated[int, typer.Option(min=1, help="Interleaved rounds (medians, paired ratios).")] = 5,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer steps per round, no smoke sweep.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda (the trainer's device must be this one).")] = "cpu",
+    batch: Annotated[int, typer.Option(min=0, help="Batch size (0: 64 on CPU presets, 256 on gpt-b and up).")] = 0,
+    sections: Annotated[str, typer.Option(help="Comma-separated sections: " + ",".join(SECTIONS) + ".")] = ",".join(
+        SECTIONS),
+    llamagen: Annotated[Path, typer.Option(help="A local clone of LlamaGen, timed beside gpt-b.")] = LLAMAGEN_DIR,
+    set_: SetOpt = None,
+    results_dir: ResultsOpt = None,
 ) -> None:
-    """Measure training, sampling and evaluation speed against this machine's matmul peak."""
-
-    names = [p.strip() for p in presets.split(",") if p.strip()]
+    """Time the real training step, sampling and evaluation against this machine's own peaks."""
+    names = [p.strip() for p in (presets or ("gpt-b,tiny,cpu-s" if device == "cuda" else "cpu-s,cpu-m")).split(",")
+             if p.strip()]
     if not names:
         raise UserError(f"--presets {presets!r}: expected at least one preset name")
     for name in names:
         if name not in MODEL_PRESETS:
             raise UserError(f"--presets {name!r}: expected names from {', '.join(MODEL_PRESETS)}")
-    path = run_bench(out, names, repeats, quick)
+    root = _root(results_dir)
+    chosen = tuple(x.strip() for x in sections.split(",") if x.strip())
+    opts = BenchOptions(out=out or root / "bench", root=root, presets=names, repeats=repeats, quick=quick,
+                        device=device, batch=batch, sections=chosen, overrides=parse_set(set_ or []),
+                        llamagen=llamagen, command="mirai-lab " + shlex.join(sys.argv[1:]))
+    path = run_bench(opts, console)
     console.print(f"benchmarks -> {path}", highlight=False)
 
 

@@ -7,15 +7,36 @@ is hashed into the run id, so anything that changes the result must live here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mirai_lab.data.images import load_images
 from mirai_lab.errors import UserError
-from mirai_lab.presets import MODEL_PRESETS, budget_overrides, llamagen_ffn_hidden
+from mirai_lab.foresight.layout import build_layout
+from mirai_lab.presets import BUDGETS, MODEL_PRESETS, budget_overrides, llamagen_ffn_hidden
+
+# Upper bounds: far above any real run, low enough that a typo cannot hang or exhaust a machine.
+SEED_MAX = 2**31 - 1
+MAX_STEPS = 10_000_000  # the paper's 300-epoch ImageNet runs are 1,501,200 steps
+MAX_SAMPLES = 100_000  # FID-50k is the largest sample count in the literature compared against
+MAX_VOCAB = 2**18  # codes data: the largest VQ codebooks in use are 2**14 .. 2**18
+MAX_CODEBOOK_FIT = 4096  # the embedded k-means fit is O(codebook_size^2): 4096 codes already take minutes
+MAX_K = 64  # foresight heads
+MAX_WIDTH = 65_536  # dim, ffn_hidden, projector_dim
+MAX_LAYERS = 256
+MAX_BATCH = 1 << 20
+MAX_THREADS = 4096
+MAX_SEEDS = 1000  # seeds of one sweep
+MAX_RUNS = 100_000  # runs one sweep plan may expand to (variants x seeds)
+MAX_WORKERS = 256  # sweep workers started on one machine
+MAX_TRIALS = 100_000  # trials of one study
+MAX_SPEC_DEPTH = 8  # nesting of a TOML spec; real specs use 4 ([axes.name] variant = { table = { key } })
 
 
 @dataclass
@@ -62,8 +83,10 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    precision: str = "fp32"  # fp32 | bf16
-    eval_every: int = 200
+    precision: str = "auto"  # auto | fp32 | bf16; auto: bf16 where measured faster (training/precision.py)
+    eval_every: int = 200  # sample metrics + checkpoint (expensive: sparse)
+    val_every: int = 50  # training losses + val_nll (cheap: dense); evaluation only, left out of the run id
+    compile: bool = False  # torch.compile the step's model (pays on long GPU runs); left out of the run id
     seed: int = 0
     threads: int = 0  # 0 = all cores
 
@@ -126,7 +149,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("animal-mnist", "digits", "synthetic", "codes"),
     "model.preset": tuple(MODEL_PRESETS),
     "train.lr_schedule": ("constant", "cosine"),
-    "train.precision": ("fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16"),
     "foresight.source": ("none", "ema", "static", "bidirectional"),
     "foresight.encoder": ("mtm", "pixel-ae", "dinov2"),
     "foresight.injection": ("internal", "output", "mtp"),
@@ -173,7 +196,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
 
 def _number(key: str, value: Any, typ: type) -> int | float:
     """int fields accept integral floats (TOML `3.0`) and digit strings; floats accept any number."""
-    expected = "an integer" if typ is int else "a number"
+    expected = "an integer" if typ is int else "a finite number"
     if isinstance(value, str):
         try:
             value = typ(value)
@@ -181,9 +204,25 @@ def _number(key: str, value: Any, typ: type) -> int | float:
             raise UserError(f"{key}={value!r}: expected {expected}") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise UserError(f"{key}={value!r}: expected {expected}")
+    if not math.isfinite(value):  # nan compares false to every bound, so it would pass all range checks
+        raise UserError(f"{key}={value!r}: expected {expected}")
     if typ is int and not float(value).is_integer():
         raise UserError(f"{key}={value!r}: expected {expected}")
     return typ(value)
+
+
+def finite(value: float, name: str) -> float:
+    """A CLI float option (e.g. --cfg): nan and inf are refused like in the config."""
+    if not math.isfinite(value):
+        raise UserError(f"{name} {value!r}: expected a finite number")
+    return value
+
+
+def check_budget(name: Any, where: str) -> str:
+    """A budget name from --budget, a spec or --set: one of the presets (an empty name is not one)."""
+    if not isinstance(name, str) or name not in BUDGETS:
+        raise UserError(f"unknown budget {name!r} ({where}); expected one of {', '.join(BUDGETS)}")
+    return name
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -233,13 +272,29 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A spec file as a dict; at most MAX_SPEC_DEPTH levels of nesting (tomllib recurses per level)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"spec file {str(path)!r} does not exist")
     try:
-        return tomllib.loads(path.read_text())
+        table = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"spec file {str(path)!r} is not valid TOML: {exc}") from None
+        raise UserError(f"spec file {str(path)!r} is not valid TOML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise UserError(f"spec file {str(path)!r} is nested too deeply: expected at most {MAX_SPEC_DEPTH} "
+                        "levels of tables and lists") from None
+    if _deeper_than(table, MAX_SPEC_DEPTH):
+        raise UserError(f"spec file {str(path)!r} is nested too deeply: expected at most {MAX_SPEC_DEPTH} "
+                        "levels of tables and lists")
+    return table
+
+
+def _deeper_than(table: dict[str, Any], limit: int) -> bool:
+    """Whether tables and lists nest more than `limit` levels (iterative: no recursion limit to hit)."""
+    level: list[Any] = [table]
+    for _ in range(limit):
+        level = [c for x in level for c in (x.values() if isinstance(x, dict) else x) if isinstance(c, dict | list)]
+    return bool(level)
 
 
 def build_config(
@@ -254,6 +309,11 @@ def build_config(
     """
     spec_flat = flatten(spec or {})
     overrides = dict(overrides or {})
+    # every budget named is checked, also the ones that a higher-priority one replaces
+    for where, value in (("--budget", budget), ("budget", overrides.get("budget")),
+                         ("spec budget", spec_flat.get("budget"))):
+        if value is not None:
+            check_budget(value, where)
     name = budget or overrides.get("budget") or spec_flat.get("budget") or ""
     cfg = RunConfig()
     if name:
@@ -265,6 +325,7 @@ def build_config(
     apply_overrides(cfg, overrides)
     resolve(cfg)
     validate(cfg)
+    check_data_fit(cfg)
     return cfg
 
 
@@ -293,47 +354,75 @@ def _check(cond: bool, message: str) -> None:
         raise UserError(message)
 
 
+def _within(key: str, value: float, lo: float, hi: float) -> None:
+    _check(lo <= value <= hi, f"{key}={value}: expected {lo} <= value <= {hi}")
+
+
+def _fraction(key: str, value: float, *, zero: bool = True, one: bool = False) -> None:
+    lo, hi = ("<=" if zero else "<"), ("<=" if one else "<")
+    ok = (0.0 <= value if zero else 0.0 < value) and (value <= 1.0 if one else value < 1.0)
+    _check(ok, f"{key}={value}: expected 0 {lo} value {hi} 1")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Reject impossible values and incompatible combinations with one line each."""
+    """Reject impossible values, values that would hang a machine, and incompatible combinations,
+    with one line each. Non-finite numbers never get here (`_number` refuses them)."""
     flat = flatten(cfg.to_dict())
     for key, allowed in CHOICES.items():
         _check(flat[key] in allowed, f"{key}={flat[key]!r}: expected one of {', '.join(allowed)}")
-    m, t, f, e, d = cfg.model, cfg.train, cfg.foresight, cfg.eval, cfg.data
-    _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction}: expected 0 < value < 1")
+    m, t, f, e, d, tok = cfg.model, cfg.train, cfg.foresight, cfg.eval, cfg.data, cfg.tokenizer
+    _fraction("data.val_fraction", d.val_fraction, zero=False)
     _check(d.dataset != "codes" or bool(d.codes_dir), "data.dataset='codes' needs data.codes_dir")
-    _check(cfg.tokenizer.patch >= 1, f"tokenizer.patch={cfg.tokenizer.patch}: expected >= 1")
-    _check(cfg.tokenizer.codebook_size >= 2, "tokenizer.codebook_size: expected >= 2")
-    _check(m.n_layer >= 1, f"model.n_layer={m.n_layer}: expected >= 1")
+    for key in ("data.split_seed", "tokenizer.seed", "train.seed"):
+        _within(key, flat[key], 0, SEED_MAX)
+    _within("tokenizer.patch", tok.patch, 1, 64)
+    _within("tokenizer.iters", tok.iters, 1, 1000)
+    fit_max = MAX_VOCAB if d.dataset == "codes" else MAX_CODEBOOK_FIT
+    _check(2 <= tok.codebook_size <= fit_max, f"tokenizer.codebook_size={tok.codebook_size}: expected 2 <= value "
+           f"<= {fit_max}" + ("" if d.dataset == "codes" else f" for the embedded k-means tokenizer ({d.dataset})"))
+    _within("model.n_layer", m.n_layer, 1, MAX_LAYERS)
+    _within("model.dim", m.dim, 1, MAX_WIDTH)
+    _within("model.n_head", m.n_head, 1, m.dim)
+    _within("model.ffn_hidden", m.ffn_hidden, 1, MAX_WIDTH)
     _check(m.dim % m.n_head == 0, f"model.dim={m.dim} is not divisible by model.n_head={m.n_head}")
     _check((m.dim // m.n_head) % 4 == 0, f"model.dim/n_head={m.dim // m.n_head}: 2D RoPE needs a multiple of 4")
     for name in ("token_dropout", "resid_dropout", "ffn_dropout", "class_dropout"):
-        value = getattr(m, name)
-        _check(0.0 <= value < 1.0, f"model.{name}={value}: expected 0 <= value < 1")
-    _check(t.steps >= 1, f"train.steps={t.steps}: expected >= 1")
-    _check(t.batch_size >= 1, f"train.batch_size={t.batch_size}: expected >= 1")
+        _fraction(f"model.{name}", getattr(m, name))
+    _within("train.steps", t.steps, 1, MAX_STEPS)
+    _within("train.batch_size", t.batch_size, 1, MAX_BATCH)
     _check(t.grad_accum >= 1 and t.batch_size % t.grad_accum == 0,
            f"train.grad_accum={t.grad_accum}: expected >= 1 and a divisor of train.batch_size={t.batch_size}")
     _check(t.lr > 0, f"train.lr={t.lr}: expected > 0")
-    _check(0.0 <= t.ema_decay < 1.0, f"train.ema_decay={t.ema_decay}: expected 0 <= value < 1")
-    _check(t.eval_every >= 1, f"train.eval_every={t.eval_every}: expected >= 1")
-    _check(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps}: expected >= 0")
-    _check(t.threads >= 0, f"train.threads={t.threads}: expected >= 0")
-    _check(e.n_samples >= 4 and e.n_samples_final >= 4, "eval.n_samples and eval.n_samples_final: expected >= 4")
+    _fraction("train.min_lr_ratio", t.min_lr_ratio, one=True)
+    _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay}: expected >= 0")
+    _fraction("train.beta1", t.beta1)
+    _fraction("train.beta2", t.beta2)
+    _check(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip}: expected >= 0 (0 = no clipping)")
+    _fraction("train.ema_decay", t.ema_decay)
+    _within("train.eval_every", t.eval_every, 1, MAX_STEPS)
+    _within("train.val_every", t.val_every, 1, MAX_STEPS)
+    _within("train.warmup_steps", t.warmup_steps, 0, MAX_STEPS)
+    _within("train.threads", t.threads, 0, MAX_THREADS)
+    _within("eval.n_samples", e.n_samples, 4, MAX_SAMPLES)
+    _within("eval.n_samples_final", e.n_samples_final, 4, MAX_SAMPLES)
+    _within("eval.cfg_scale", e.cfg_scale, 0, 100)
     _check(e.temperature > 0, f"eval.temperature={e.temperature}: expected > 0")
-    _check(0.0 < e.top_p <= 1.0, f"eval.top_p={e.top_p}: expected 0 < value <= 1")
-    _check(e.top_k >= 0, f"eval.top_k={e.top_k}: expected >= 0")
+    _fraction("eval.top_p", e.top_p, zero=False, one=True)
+    _within("eval.top_k", e.top_k, 0, MAX_VOCAB)
     _validate_foresight(f, m, t)
 
 
 def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> None:
     # ranges hold whatever the source, so a bad value never waits for the day it is switched on
-    _check(f.k >= 1, f"foresight.k={f.k}: expected >= 1")
+    _within("foresight.k", f.k, 1, MAX_K)
     _check(f.coef >= 0, f"foresight.coef={f.coef}: expected >= 0")
     _check(0.0 <= f.warmup_frac < 1.0, f"foresight.warmup_frac={f.warmup_frac}: expected a fraction 0 <= value < 1")
     _check(0.0 < f.step_at < 1.0, f"foresight.step_at={f.step_at}: expected a fraction 0 < value < 1")
     _check(f.step_factor >= 0, f"foresight.step_factor={f.step_factor}: expected >= 0")
-    _check(f.encoder_steps >= 1, f"foresight.encoder_steps={f.encoder_steps}: expected >= 1")
-    _check(f.projector_dim >= 0, f"foresight.projector_dim={f.projector_dim}: expected >= 0 (0 = model width)")
+    _within("foresight.encoder_steps", f.encoder_steps, 1, MAX_STEPS)
+    _within("foresight.projector_dim", f.projector_dim, 0, MAX_WIDTH)
+    _within("foresight.student_block", f.student_block, 0, MAX_LAYERS)
+    _within("foresight.teacher_block", f.teacher_block, 0, MAX_LAYERS)
     active = f.source != "none" or f.injection == "mtp"
     if not active:
         _check(
@@ -367,7 +456,8 @@ def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> N
     _check(f.source != "static" or bool(f.static_checkpoint),
            "foresight.source='static' needs foresight.static_checkpoint (a run id or checkpoint path)")
     if f.source == "bidirectional":
-        _check(f.visibility == "full" or f.visibility.isdigit(),
+        _check(f.visibility == "full" or (f.visibility.isascii() and f.visibility.isdigit()
+                                          and int(f.visibility) <= MAX_WIDTH),
                f"foresight.visibility={f.visibility!r}: expected 'full' or a number of future rows")
         _check(f.encoder != "dinov2" or bool(f.encoder_weights),
                "foresight.encoder='dinov2' needs foresight.encoder_weights (a local checkpoint path)")
@@ -399,6 +489,23 @@ def grid_of(cfg: RunConfig, image_size: tuple[int, int]) -> tuple[int, int]:
     h, w = image_size
     p = cfg.tokenizer.patch
     if h % p or w % p:
-        raise UserError(f"tokenizer.patch={p} does not divide the {h}x{w} images")
+        raise UserError(f"tokenizer.patch={p} does not divide the {h}x{w} images of {cfg.data.dataset}")
     return h // p, w // p
+
+
+@functools.cache
+def _image_size(dataset: str) -> tuple[int, int]:
+    return load_images(dataset).size
+
+
+def check_data_fit(cfg: RunConfig) -> None:
+    """The checks that need the data's token grid (patch, foresight layout), made from the image
+    size alone so that they fail before any tokenizer or cache is fitted and written. A code
+    folder's grid is known only once it is read; its layout is checked when the run starts."""
+    if cfg.data.dataset == "codes":
+        return
+    grid = grid_of(cfg, _image_size(cfg.data.dataset))
+    f = cfg.foresight
+    if f.source != "none" or f.injection == "mtp":
+        build_layout(f.layout, f.k, grid)
 

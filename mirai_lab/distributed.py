@@ -6,15 +6,14 @@ no wrapper, no collective, no reseeding. With them, the trainer keeps three prom
 - the global batch of a step is the single-process batch: every rank computes the same
   `batch_indices` and takes its contiguous slice, and DDP averages the gradients;
 - the model starts identical on every rank (same seed before init; DDP also broadcasts
-  rank 0's parameters), while dropout draws a stream of its own on each rank, reseeded
-  from (seed, rank, step) so that a resumed run draws the same masks at any world size;
+  rank 0's parameters), while dropout draws a stream of its own on each rank, keyed by
+  (seed, step, rank) in training/rng.py, so that a resumed run draws the same masks;
 - rank 0 alone evaluates and writes; the others wait only where they read what it wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,11 +72,6 @@ class Dist:
         per = len(batch) // self.world
         return batch[self.rank * per : (self.rank + 1) * per]
 
-    def step_seed(self, seed: int, step: int) -> int:
-        """The dropout seed of this rank at `step`: distinct per rank, a pure function of the step."""
-        digest = hashlib.sha256(f"{seed}/{self.rank}/{step}".encode()).digest()
-        return int.from_bytes(digest[:8], "little") >> 1
-
     def barrier(self) -> None:
         if self.active:
             dist.barrier(device_ids=[self.local_rank] if self.device.type == "cuda" else None)
@@ -91,13 +85,12 @@ class Dist:
         if self.is_main:
             self.barrier()
 
-    def all_finite(self, value: torch.Tensor) -> bool:
-        """Whether `value` is finite on every rank, so that all ranks stop together on a NaN."""
-        flag = torch.isfinite(value.detach()).all()
+    def min(self, value: torch.Tensor) -> torch.Tensor:
+        """The minimum of `value` over ranks (the first diverged step any rank saw, so all stop together)."""
         if self.active:
-            flag = flag.to(device=self.device, dtype=torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag)
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return value
 
     def mean(self, values: list[float]) -> list[float]:
         """Average per-rank logged values, so the curve describes the global batch."""

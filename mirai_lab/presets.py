@@ -1,8 +1,8 @@
 """Model sizes and run budgets.
 
 Budgets are lengths in optimizer steps, never wall time, so a run means the same thing on
-a laptop and on a cluster. The CPU numbers come from measurements on 2 cores (DESIGN
-section 5): 4 x 128 at 49 tokens and batch 64 trains at 3-4 steps/s; 6 x 192 is ~2.5x slower but
+a laptop and on a cluster. The CPU numbers come from measurements on 2 cores (docs/design.md,
+"Embedded default"): 4 x 128 at 49 tokens and batch 64 trains at 3-4 steps/s; 6 x 192 is ~2.5x slower but
 keeps improving for longer.
 """
 
@@ -31,6 +31,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "train.steps": 24,
         "train.batch_size": 32,
         "train.eval_every": 12,
+        "train.val_every": 6,
         "eval.n_samples": 64,
         "eval.n_samples_final": 100,
         "foresight.encoder_steps": 40,  # a smoke run checks the plumbing, not the encoder
@@ -51,6 +52,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "train.lr_schedule": "cosine",
         "train.warmup_steps": 40,
         "train.eval_every": 80,
+        # val_nll over the 1,000 validation images costs about 7 training steps on cpu-s (2 cores,
+        # AVX2/FMA): every 40 steps adds ~9% to the run, every 20 would add ~26%
+        "train.val_every": 40,
         "eval.n_samples": 250,
         "eval.n_samples_final": 1000,
     },
@@ -62,6 +66,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "train.lr_schedule": "cosine",
         "train.warmup_steps": 50,
         "train.eval_every": 200,
+        "train.val_every": 50,
         "eval.n_samples": 250,
         "eval.n_samples_final": 1000,
     },
@@ -92,6 +97,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "train.ema_decay": 0.9999,
         "train.precision": "bf16",
         "train.eval_every": 5_004,
+        "train.val_every": 1_000,
         "foresight.projector_dim": 2048,  # the official projector width (used only when foresight is on)
         "eval.metrics": False,
     },

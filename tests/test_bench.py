@@ -1,12 +1,26 @@
-"""Benchmark arithmetic: paired ratios, the FLOP count, the plain-eager reference model."""
+"""The bench and `train.precision = auto`: what they time, what they write, what they choose.
 
+No test here reads a clock of its own: speed is what `mirai-lab bench` measures. The
+precision choice is tested with a fake clock and fake trainers."""
+
+import itertools
 import subprocess
 import sys
+from collections import defaultdict
 
+import pytest
 import torch
 
-from mirai_lab.bench import paired_ratio, train_flops, use_plain_dropout
+from mirai_lab import bench as bench_pkg
+from mirai_lab.bench import Bench, BenchOptions, run_bench
+from mirai_lab.bench.llamagen import llamagen_step
+from mirai_lab.bench.timing import gpu_bf16_peak, paired_ratio, train_flops, use_plain_dropout
+from mirai_lab.config import build_config
+from mirai_lab.distributed import Dist
 from mirai_lab.model.gpt import GPT, Dropout, GPTShape
+from mirai_lab.runs.identity import run_id_of
+from mirai_lab.training import precision
+from mirai_lab.training.trainer import Trainer
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios():
@@ -33,11 +47,150 @@ def test_plain_reference_swaps_every_dropout_for_torch_dropout_of_the_same_rate(
     assert all(m.p == 6554 / 65536 for m in plain)
 
 
-def test_bench_without_presets_exits_2_with_one_line_and_writes_nothing(tmp_path):
+def test_gpu_peaks_are_looked_up_by_the_most_specific_name():
+    assert gpu_bf16_peak("NVIDIA H100 PCIe") == 756e12
+    assert gpu_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_bf16_peak("NVIDIA H200") == 989e12
+    assert gpu_bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert gpu_bf16_peak("Some Future GPU") is None
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mirai_lab", "bench", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--presets", ","], "error: --presets ',': expected at least one preset name"),
+    (["--device", "tpu"], "error: --device 'tpu': expected cpu or cuda"),
+    (["--sections", "train,speed"], "error: --sections 'speed': expected names from "
+                                    "peak, train, inference, sampling, eval, sweep, llamagen"),
+] + ([] if torch.cuda.is_available() else
+     [(["--device", "cuda"], "error: --device cuda: no CUDA device is visible to torch")]))
+def test_bad_bench_options_exit_2_with_one_line_and_write_nothing(tmp_path, args, message):
     out = tmp_path / "bench-out"
-    proc = subprocess.run([sys.executable, "-m", "mirai_lab", "bench", "--presets", ",", "--out", str(out)],
-                          capture_output=True, text=True)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    proc = run_cli(*args, "--out", str(out), "--results-dir", str(tmp_path / "results"))
     assert proc.returncode == 2
-    assert lines == ["error: --presets ',': expected at least one preset name"]
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [message]
     assert not out.exists()
+
+
+def options(tmp_path, root, overrides, **kw):
+    over = {k: v for k, v in overrides.items() if k not in ("model.preset",)}
+    return BenchOptions(out=tmp_path / "out", root=root, presets=["tiny"], repeats=1, quick=True,
+                        overrides=over | {"foresight.encoder_steps": 2}, **kw)
+
+
+def test_bench_times_trainer_train_step_itself_and_writes_the_table(tmp_path, session_results, tiny_overrides,
+                                                                    monkeypatch):
+    """The CPU path of the bench (the one `--device cuda` takes on a GPU) on a tiny preset:
+    every timed step is a call of Trainer.train_step, on consecutive steps of each trainer."""
+    calls: dict[int, list[int]] = defaultdict(list)
+    real = Trainer.train_step
+
+    def counting(self, step):
+        calls[id(self)].append(step)
+        return real(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", counting)
+    path = run_bench(options(tmp_path, session_results, tiny_overrides, sections=("train",)))
+    variants = 5  # plain, baseline, mirai-i, mirai-e in fp32; baseline in bf16 on the first preset
+    per_trainer = 3 + 1 * 3  # warmup + repeats x inner (quick)
+    timed = [steps for steps in calls.values() if len(steps) == per_trainer]
+    assert len(timed) == variants and all(steps == list(range(per_trainer)) for steps in timed)
+    text = path.read_text()
+    for variant, prec in (("plain", "fp32"), ("baseline", "fp32"), ("mirai-i", "fp32"), ("mirai-e", "fp32"),
+                          ("baseline", "bf16")):
+        assert f"| {variant} | {prec} |" in text
+    assert "`train.precision = auto` on tiny" in text
+    assert "CPU matrix extensions:" in text
+    csv_text = (tmp_path / "out" / "results.csv").read_text()
+    assert csv_text.count("train,") >= variants
+
+
+def test_each_section_is_written_as_it_ends_so_a_failure_keeps_the_earlier_ones(tmp_path, session_results,
+                                                                              tiny_overrides, monkeypatch):
+    def broken(self):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(Bench, "train_section", broken)
+    with pytest.raises(RuntimeError):
+        run_bench(options(tmp_path, session_results, tiny_overrides, sections=("peak", "train")))
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "## Peak matmul (1024^3, measured)" in text and "| fp32 |" in text
+    assert "peak," in (tmp_path / "out" / "results.csv").read_text()
+
+
+def test_llamagen_is_skipped_with_a_reason_when_its_code_is_absent(tmp_path):
+    reason = llamagen_step(tmp_path / "LlamaGen", "gpt-b", 2, torch.device("cpu"), False)
+    assert isinstance(reason, str) and "clone https://github.com/FoundationVision/LlamaGen" in reason
+    assert llamagen_step(tmp_path, "tiny", 2, torch.device("cpu"), False).startswith("LlamaGen has no model")
+
+
+def test_bench_package_exposes_one_entry_point():
+    assert bench_pkg.run_bench is run_bench and "llamagen" in bench_pkg.SECTIONS
+
+
+# -- train.precision = auto ------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_trainers(clock: FakeClock, seconds: dict[str, float], built: list[str]):
+    class FakeTrainer:
+        def __init__(self, cfg, root, progress=None, threads=None) -> None:
+            self.precision = cfg.train.precision
+            built.append(self.precision)
+
+        def setup(self) -> None:
+            pass
+
+        def train_step(self, step: int) -> None:
+            clock.now += seconds[self.precision]
+
+    return FakeTrainer
+
+
+@pytest.mark.parametrize("bf16_s, expected", [(0.25, "bf16"), (0.75, "fp32"), (0.5, "fp32")])
+def test_auto_picks_the_precision_whose_real_step_is_faster_and_caches_it(tmp_path, monkeypatch, bf16_s, expected):
+    clock, built = FakeClock(), []
+    monkeypatch.setattr(precision.time, "perf_counter", clock)
+    monkeypatch.setattr(precision, "probe", lambda device: {"fp32_gflops": 100.0, "bf16_gflops": 190.0})
+    make = fake_trainers(clock, {"fp32": 0.5, "bf16": bf16_s}, built)  # exact in binary: a true tie
+    cfg = build_config(None, {"model.preset": "tiny"})
+    assert cfg.train.precision == "auto"  # the default
+    assert precision.resolve_precision(cfg, tmp_path, Dist(), 2, make) == expected  # a tie keeps fp32
+    assert built == ["fp32", "bf16"]
+    monkeypatch.setattr(precision, "probe", lambda device: pytest.fail("the cached choice must not re-measure"))
+    assert precision.resolve_precision(cfg, tmp_path, Dist(), 2, make) == expected
+    assert built == ["fp32", "bf16"]
+
+
+def test_auto_is_fp32_without_timing_a_step_where_bf16_matmuls_are_emulated(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "probe", lambda device: {"fp32_gflops": 110.0, "bf16_gflops": 1.0})
+    cfg = build_config(None, {"model.preset": "tiny"})
+    choice = precision.precision_choice(cfg, tmp_path, Dist(), 2, lambda *a: pytest.fail("no step is timed"))
+    assert choice["precision"] == "fp32" and "emulated" in choice["reason"]
+
+
+def test_explicit_precisions_are_kept_and_nothing_is_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "probe", lambda device: pytest.fail("nothing to measure"))
+    for value in ("fp32", "bf16"):
+        cfg = build_config(None, {"train.precision": value})
+        assert precision.resolve_precision(cfg, tmp_path, Dist(), 2, lambda *a: pytest.fail("no trainer")) == value
+
+
+def test_the_cache_key_separates_machines_shapes_batches_and_heads():
+    keys = [precision.cache_key(build_config(None, over), 1, 2) for over in
+            ({}, {"model.preset": "cpu-m"}, {"train.batch_size": 32}, {"foresight.source": "ema"})]
+    assert all(a != b for a, b in itertools.combinations(keys, 2))
+    assert precision.cache_key(build_config(None, {}), 1, 2)["torch"] == torch.__version__
+
+
+def test_auto_keeps_the_run_ids_that_fp32_had():
+    auto, fp32, bf16 = (run_id_of(build_config(None, {"train.precision": p})) for p in ("auto", "fp32", "bf16"))
+    assert auto == fp32 != bf16

@@ -24,7 +24,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from mirai_lab.errors import UserError
-from mirai_lab.experiments.queue import RUN_ID_KEY, RunQueue, open_storage
+from mirai_lab.experiments.queue import RUN_ID_KEY, ClaimLost, RunQueue, check_storage_url, open_storage
 
 pytest_plugins = ["pg"]
 
@@ -267,3 +267,28 @@ def test_unreachable_postgres_is_a_user_error_without_the_password(tmp_path: Pat
         open_storage("postgresql://u:secret@127.0.0.1:1/db", tmp_path / "claims.log")
     assert "cannot open storage" in str(err.value) and "secret" not in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_claim_lost_to_the_heartbeat_verdict_refuses_writes(tmp_path: Path) -> None:
+    """What a frozen worker sees when it wakes: its trial was failed as stale, so every check
+    before a write raises, and so does a later claimant's token in the fence file."""
+    queue = open_queue(f"journal:{tmp_path / 'claims.log'}", tmp_path, "s", ["aa"])
+    claim = queue.claim()
+    assert claim is not None
+    claim.fence(tmp_path / "aa" / "claim.txt")
+    claim.check()  # held: no error
+    (tmp_path / "aa" / "claim.txt").write_text("trial 7 otherhost:1\n")
+    with pytest.raises(ClaimLost, match="claimed since by trial 7 otherhost:1"):
+        claim.check()
+    claim.fence(tmp_path / "aa" / "claim.txt")
+    queue._storage.set_trial_state_values(claim._trial_id, TrialState.FAIL)  # what fail_stale_trials does
+    with pytest.raises(ClaimLost, match="given to another worker"):
+        claim.check(tmp_path / "aa" / "curve.csv")
+    assert not claim.release()  # the verdict is not this worker's to give any more
+
+
+def test_sqlite_is_refused_for_several_processes() -> None:
+    check_storage_url("sqlite:///x.db", 1)
+    with pytest.raises(UserError) as err:
+        check_storage_url("sqlite:///x.db", 3)
+    assert "one process only" in str(err.value) and "3 workers" in str(err.value) and "\n" not in str(err.value)

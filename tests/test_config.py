@@ -46,6 +46,17 @@ def test_list_values_parse():
         ({"foresight.source": "ema", "foresight.schedule": "delayed"}, "needs foresight.warmup_frac > 0"),
         ({"foresight.injection": "mtp", "foresight.source": "ema"}, "must be 'none'"),
         ({"model.dim": "130"}, "not divisible"),
+        ({"train.grad_clip": "nan"}, "train.grad_clip=nan: expected a finite number"),
+        ({"train.lr": "inf"}, "train.lr=inf: expected a finite number"),
+        ({"foresight.coef": "-inf"}, "foresight.coef=-inf: expected a finite number"),
+        ({"train.beta1": "2"}, "train.beta1=2.0: expected 0 <= value < 1"),
+        ({"model.n_head": "-1"}, "model.n_head=-1: expected 1 <= value <= 128"),
+        ({"train.seed": "1e20"}, "train.seed='1e20': expected an integer"),
+        ({"train.seed": str(2**31)}, "train.seed=2147483648: expected 0 <= value <= 2147483647"),
+        ({"tokenizer.codebook_size": "100000000"}, "expected 2 <= value <= 4096 for the embedded k-means"),
+        ({"foresight.source": "ema", "foresight.k": "1000"}, "foresight.k=1000: expected 1 <= value <= 64"),
+        ({"foresight.source": "ema", "foresight.k": "50"}, "foresight.k=50: the 7x7 grid has only 49 cells"),
+        ({"tokenizer.patch": "3"}, "tokenizer.patch=3 does not divide the 28x28 images of animal-mnist"),
     ],
 )
 def test_bad_values_name_the_key(overrides, needle):
@@ -63,3 +74,20 @@ def test_bad_set_syntax():
 def test_unknown_budget():
     with pytest.raises(UserError, match="unknown budget 'huge'"):
         build_config(None, None, "huge")
+
+
+@pytest.mark.parametrize("budget", ["", " ", "forever"])
+def test_every_named_budget_is_checked(tmp_path, budget):
+    with pytest.raises(UserError, match="budget"):
+        build_config(None, None, budget)
+    with pytest.raises(UserError, match="spec budget"):  # a spec's budget, even when --budget replaces it
+        build_config({"budget": budget}, None, "smoke")
+
+
+def test_deeply_nested_spec_is_one_line(tmp_path):
+    from mirai_lab.config import read_toml
+
+    for text in ["a = " + "[" * 5000 + "]" * 5000, "a = " + "[" * 20 + "]" * 20]:
+        (tmp_path / "s.toml").write_text(text)
+        with pytest.raises(UserError, match="nested too deeply: expected at most 8 levels"):
+            read_toml(tmp_path / "s.toml")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mirai_lab.errors import UserError
-from mirai_lab.foresight.layout import build_layout, grid_offsets, student_positions
+from mirai_lab.foresight.layout import build_layout, grid_offsets, head_offsets, student_positions
 
 
 def targets(layout, cell):
@@ -21,7 +21,9 @@ def test_2d_offsets_order():
     assert grid_offsets(1, False) == [(0, 0)]
     assert grid_offsets(3, False) == [(0, 0), (0, 1), (1, 0)]  # self, right, below
     assert grid_offsets(4, False) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert grid_offsets(9, False) == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (2, 0), (1, 2), (2, 1), (2, 2)]
+    assert grid_offsets(9, False) == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0)]
+    assert grid_offsets(7, False) == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (1, 2), (2, 0)]  # block order
+    assert grid_offsets(10, False) == [*grid_offsets(9, False), (0, 3)]  # beyond the block: nearest first
     assert grid_offsets(4, True) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert grid_offsets(5, True) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, -1)]
 
@@ -32,7 +34,7 @@ CASES = [
     ((7, 7), "2d", 1, 8, [8]),
     ((7, 7), "2d", 3, 8, [8, 9, 15]),
     ((7, 7), "2d", 4, 8, [8, 9, 15, 16]),
-    ((7, 7), "2d", 9, 8, [8, 9, 15, 16, 10, 22, 17, 23, 24]),
+    ((7, 7), "2d", 9, 8, [8, 9, 15, 16, 10, 17, 24, 23, 22]),
     ((7, 7), "2d", 3, 13, [13, 20]),  # last column: no right
     ((7, 7), "2d", 4, 13, [13, 20]),
     ((7, 7), "2d", 9, 13, [13, 20, 27]),
@@ -49,7 +51,7 @@ CASES = [
     # 16x16
     ((16, 16), "2d", 3, 17, [17, 18, 33]),
     ((16, 16), "2d", 4, 31, [31, 47]),  # last column
-    ((16, 16), "2d", 9, 30, [30, 31, 46, 47, 62, 63]),  # second-last column
+    ((16, 16), "2d", 9, 30, [30, 31, 46, 47, 63, 62]),  # second-last column
     ((16, 16), "2d", 9, 241, [241, 242, 243]),  # last row
     ((16, 16), "2d", 9, 255, [255]),
     ((16, 16), "1d", 4, 17, [17, 18, 19, 20]),
@@ -79,6 +81,27 @@ def test_2d_never_wraps(grid, k, name):
             assert bool(valid) == expect_valid
             if valid:
                 assert divmod(int(cell), w) == (r + dr, c + dc)
+
+
+# The official code's K = 9 heads as flat offsets on its 16-wide grid (its --proj-coeffs order).
+OFFICIAL_K9_FLAT = [0, 1, 16, 17, 2, 18, 34, 33, 32]
+
+
+def test_k9_heads_follow_the_official_offset_order():
+    lay = build_layout("2d", 9, (16, 16))
+    assert [dr * 16 + dc for dr, dc in lay.offsets] == OFFICIAL_K9_FLAT
+    base = 5 * 16 + 5  # an interior cell: every head valid, targets in head order
+    assert [c - base for c in targets(lay, base)] == OFFICIAL_K9_FLAT
+    for k in (1, 3, 4):  # the official K = 1, 3, 4 are prefixes of the same list
+        assert [dr * 16 + dc for dr, dc in build_layout("2d", k, (16, 16)).offsets] == OFFICIAL_K9_FLAT[:k]
+
+
+def test_head_offsets_name_what_a_layout_means():
+    assert head_offsets("2d", 3) == head_offsets("2d-wide", 3) == ((0, 0), (0, 1), (1, 0))
+    assert head_offsets("2d", 5) != head_offsets("2d-wide", 5)
+    assert head_offsets("1d", 3) == ((0, 0), (0, 1), (0, 2))
+    with pytest.raises(UserError, match="foresight.layout='3d': expected 1d, 2d or 2d-wide"):
+        head_offsets("3d", 3)
 
 
 def test_k_larger_than_grid_is_rejected():

@@ -6,7 +6,7 @@ import torch
 from mirai_lab.errors import UserError
 from mirai_lab.foresight.sources import load_gpt_weights
 from mirai_lab.model.gpt import GPT, Dropout, GPTShape, apply_rope, rope_2d
-from mirai_lab.model.sample import filter_logits, sample_tokens
+from mirai_lab.model.sample import filter_logits, guided_logits, sample_tokens
 from mirai_lab.runs.store import save_tensors
 
 SMALL = GPTShape(vocab_size=40, num_classes=5, grid=(4, 4), n_layer=2, dim=32, n_head=4, ffn_hidden=64)
@@ -102,6 +102,53 @@ def test_cached_sampling_equals_recompute_sampling_with_cfg():
     b = sample_tokens(model, labels, cfg_scale=2.0, top_k=10, generator=torch.Generator().manual_seed(3),
                       use_cache=False)
     assert torch.equal(a, b) and a.shape == (4, 16)
+
+
+# [cond; uncond] rows with dyadic values, so every expected number below is exact in float32
+COND = [[1.0, 2.0, -1.0], [0.0, 0.5, 0.25]]
+UNCOND = [[0.5, 3.0, 1.0], [0.0, -0.5, 0.75]]
+
+
+@pytest.mark.parametrize(("scale", "expected"), [
+    (1.5, [[1.25, 1.5, -2.0], [0.0, 1.0, 0.0]]),  # uncond + 1.5 * (cond - uncond)
+    (2.0, [[1.5, 1.0, -3.0], [0.0, 1.5, -0.25]]),  # = 2 cond - uncond
+    (4.0, [[2.5, -1.0, -7.0], [0.0, 3.5, -1.25]]),
+])
+def test_guided_logits_exact_values(scale, expected):
+    assert guided_logits(torch.tensor(COND + UNCOND), scale).tolist() == expected
+
+
+def test_guided_logits_at_scale_one_are_the_conditional_logits():
+    assert guided_logits(torch.tensor(COND + UNCOND), 1.0).tolist() == COND
+
+
+def greedy_reference(model: GPT, labels: torch.Tensor, scale: float) -> torch.Tensor:
+    """Greedy decoding written out: full recompute, the null class as the unconditional
+    branch, and guidance only above scale 1."""
+    null = torch.full_like(labels, model.shape.num_classes)
+    out = torch.empty(labels.shape[0], 0, dtype=torch.long)
+    for _ in range(model.shape.n_tokens):
+        cond = model(out, labels)[0][:, -1]
+        mix = cond
+        if scale > 1:
+            uncond = model(out, null)[0][:, -1]
+            mix = uncond + scale * (cond - uncond)
+        out = torch.cat([out, mix.argmax(-1, keepdim=True)], dim=1)
+    return out
+
+
+def test_greedy_sampling_applies_guidance_to_the_cond_and_null_class_branches():
+    model = randomized()
+    labels = torch.tensor([0, 1, 2, 4])
+    guided = greedy_reference(model, labels, 3.0)
+    unguided = greedy_reference(model, labels, 1.0)
+    assert not torch.equal(guided, unguided)  # guidance changes the samples, so the checks below can fail
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(0)
+        assert torch.equal(sample_tokens(model, labels, cfg_scale=3.0, top_k=1, generator=g, use_cache=use_cache),
+                           guided)
+        assert torch.equal(sample_tokens(model, labels, cfg_scale=1.0, top_k=1, generator=g, use_cache=use_cache),
+                           unguided)
 
 
 def test_hidden_states_and_early_stop():

@@ -1,5 +1,6 @@
 """Foresight losses on hand-built tensors, schedules, and gradient flow."""
 
+import copy
 import math
 
 import pytest
@@ -9,8 +10,10 @@ from mirai_lab.config import build_config
 from mirai_lab.foresight.layout import build_layout
 from mirai_lab.foresight.objective import ForesightHeads, masked_neg_cosine
 from mirai_lab.foresight.schedule import lambda_scale
-from mirai_lab.foresight.sources import FeatureTableSource, TeacherSource
+from mirai_lab.foresight.sources import FeatureTableSource, TargetSource, TeacherSource
 from mirai_lab.model.gpt import GPT, GPTShape
+from mirai_lab.training.build import Foresight
+from mirai_lab.training.step import StepLoss
 
 
 def test_identical_vectors_give_minus_one_orthogonal_zero():
@@ -51,37 +54,104 @@ def heads_for(overrides: dict, d_target: int) -> ForesightHeads:
     return ForesightHeads(cfg.foresight, layout, 16, d_target, 9, total_steps=10, vocab_size=20)
 
 
-@pytest.mark.parametrize("source", ["ema", "static"])
-def test_gradients_reach_student_and_projector_never_the_teacher(source):
+class UndetachedTeacherSource(TargetSource):
+    """A broken Mirai-E source: runs the teacher with autograd on, as a source that forgot its
+    `no_grad` would. The leak check must flag it, or a clean result of the check proves nothing."""
+
+    def __init__(self, teacher: GPT, block: int) -> None:
+        self.teacher, self.block, self.dim = teacher, block, teacher.shape.dim
+
+    def targets(self, tokens, labels, index, crop=None):
+        _, hidden = self.teacher(tokens, labels, hidden_blocks=(self.block,), stop_after=self.block)
+        return hidden[self.block][:, 1:]
+
+
+def teacher_leaks(source_class: type, teacher_requires_grad: bool, teacher_is_student: bool = False) -> list[str]:
+    """One real training step (StepLoss with ForesightHeads, backward, an SGD step on every
+    parameter the step owns) with an EMA teacher that is a drifted deep copy of the student
+    (or, to prove the check, the student itself); returns each way in which the teacher or
+    its targets took part in the student's gradient or update."""
     torch.manual_seed(0)
-    student, teacher = GPT(SHAPE), GPT(SHAPE)
-    teacher.requires_grad_(False)
-    heads = heads_for({"foresight.source": source, "foresight.static_checkpoint": "x",
-                       "foresight.student_block": 2, "foresight.teacher_block": 1}, 16)
-    src = TeacherSource(teacher, block=1)
+    student = GPT(SHAPE)
+    teacher = student if teacher_is_student else copy.deepcopy(student).requires_grad_(teacher_requires_grad)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # an EMA that has drifted from the student
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    source = source_class(teacher, 1)
+    heads = heads_for({"foresight.source": "ema", "foresight.student_block": 2, "foresight.teacher_block": 1}, 16)
+    step_loss = StepLoss(student, Foresight(heads, source, student_block=2))
+    opt = torch.optim.SGD(step_loss.parameters(), lr=0.5)
     x = torch.randint(0, 20, (4, 9))
     y = torch.randint(0, 3, (4,))
-    _, hidden = student(x[:, :-1], y, hidden_blocks=(2,))
-    loss, logs = heads(hidden[2], src.targets(x, y, torch.arange(4)), step=0)
-    loss.backward()
+    targets = source.targets(x, y, torch.arange(4))
+    targets_before = targets.detach().clone()
+    total, _, logs = step_loss(x, y, targets, step=0)
+    total.backward()
+    opt.step()
     assert set(logs) == {"align_loss_k0", "align_loss_k1", "align_loss_k2"}
-    assert all(p.grad is not None for p in heads.parameters())
-    assert student.layers[0].attention.wqkv.weight.grad is not None
-    assert all(p.grad is None for p in teacher.parameters())
-    assert teacher.training  # the teacher was put back in its mode after the no-grad pass
+    assert all(p.grad is not None for p in heads.parameters())  # the step trains the heads ...
+    assert student.layers[0].attention.wqkv.weight.grad is not None  # ... and the student
+    leaks = ["targets are part of the autograd graph"] if targets.requires_grad else []
+    leaks += [f"gradient on teacher {n}" for n, p in teacher.named_parameters() if p.grad is not None]
+    leaks += [f"teacher {k} changed" for k, v in teacher.state_dict().items() if not torch.equal(v, teacher_before[k])]
+    if not torch.equal(source.targets(x, y, torch.arange(4)).detach(), targets_before):
+        leaks.append("the step changed the targets")
+    return leaks
 
 
-def test_encoder_features_get_no_gradient_and_total_is_weighted_sum():
-    feats = torch.randn(6, 9, 5, requires_grad=False)
+@pytest.mark.parametrize("teacher_requires_grad", [False, True])  # as the trainer leaves it; a teacher left trainable
+def test_teacher_gets_no_gradient_and_is_unchanged_by_a_training_step(teacher_requires_grad):
+    assert teacher_leaks(TeacherSource, teacher_requires_grad) == []
+
+
+def test_leak_check_flags_a_source_that_does_not_detach():
+    leaks = teacher_leaks(UndetachedTeacherSource, teacher_requires_grad=True)
+    assert leaks[0] == "targets are part of the autograd graph"
+    assert "gradient on teacher layers.0.attention.wqkv.weight" in leaks
+    assert not any(leak.endswith("changed") for leak in leaks)  # the optimizer does not own the teacher
+
+
+def test_leak_check_flags_a_teacher_that_shares_the_student_weights():
+    leaks = teacher_leaks(TeacherSource, teacher_requires_grad=True, teacher_is_student=True)
+    assert "targets are part of the autograd graph" not in leaks  # the source itself still detaches
+    assert "gradient on teacher layers.0.attention.wqkv.weight" in leaks
+    assert "teacher layers.0.attention.wqkv.weight changed" in leaks
+    assert "the step changed the targets" in leaks
+
+
+def test_teacher_is_read_in_eval_mode_and_put_back_in_its_mode():
+    torch.manual_seed(0)
+    teacher = GPT(GPTShape(vocab_size=20, num_classes=3, grid=(3, 3), n_layer=2, dim=16, n_head=4, ffn_hidden=32,
+                           resid_dropout=0.5))
+    x = torch.randint(0, 20, (2, 9))
+    y = torch.tensor([0, 1])
+    source = TeacherSource(teacher.train(), block=2)
+    a, b = source.targets(x, y, torch.arange(2)), source.targets(x, y, torch.arange(2))
+    assert torch.equal(a, b)  # no dropout: the targets do not depend on the dropout stream
+    assert teacher.training
+
+
+def test_feature_table_targets_are_constants_even_for_a_table_that_requires_grad():
+    feats = torch.randn(6, 9, 5, requires_grad=True)
+    heads = heads_for({"foresight.source": "bidirectional", "foresight.k": 2, "foresight.student_block": 2,
+                       "foresight.layout": "1d"}, 5)
+    hidden = torch.randn(6, 9, 16, requires_grad=True)
+    targets = FeatureTableSource(feats).targets(None, None, torch.arange(6))
+    total, _ = heads(hidden, targets, step=0)
+    grad_hidden, grad_feats = torch.autograd.grad(total, (hidden, feats), allow_unused=True)
+    assert grad_hidden is not None and grad_hidden.abs().sum() > 0
+    assert grad_feats is None and not targets.requires_grad
+
+
+def test_total_is_the_coefficient_weighted_sum_of_the_head_losses():
+    feats = torch.randn(6, 9, 5)
     heads = heads_for({"foresight.source": "bidirectional", "foresight.k": 2, "foresight.head_coefs": "[2, 0.5]",
                        "foresight.student_block": 2, "foresight.layout": "1d"}, 5)
-    hidden = torch.randn(6, 9, 16, requires_grad=True)
-    src = FeatureTableSource(feats)
-    total, logs = heads(hidden, src.targets(None, None, torch.arange(6)), step=3)
+    hidden = torch.randn(6, 9, 16)
+    total, logs = heads(hidden, FeatureTableSource(feats).targets(None, None, torch.arange(6)), step=3)
     assert total.item() == pytest.approx(2 * logs["align_loss_k0"].item() + 0.5 * logs["align_loss_k1"].item(),
                                          rel=1e-6)
-    total.backward()
-    assert hidden.grad is not None and feats.grad is None
 
 
 def test_teacher_target_of_cell_m_has_read_x_m():

@@ -1,9 +1,12 @@
-"""Report: the interpolation and the paired interval by hand, then a fake results dir end to end."""
+"""Report: the interpolation by hand, then a fake results dir end to end (tables, verdicts, orderings,
+speed-ups, tidy CSVs, LaTeX, the adaptive level) and the `plan` verb's arithmetic."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,13 @@ from matplotlib.image import imsave
 from scipy import stats
 
 from mirai_lab.errors import UserError
-from mirai_lab.report.tables import format_interval, paired_interval, steps_to_reach, tex_escape
-from mirai_lab.report.write import collect, write_report
+from mirai_lab.experiments.spec import SPECS_DIR, load_plan
+from mirai_lab.report.collect import collect
+from mirai_lab.report.orderings import check_orderings
+from mirai_lab.report.seed_plan import format_plan, plan_seeds
+from mirai_lab.report.stats import steps_to_reach
+from mirai_lab.report.tables import format_interval, tex_escape
+from mirai_lab.report.write import write_report
 
 STEPS = [0, 100, 200, 300, 400]
 
@@ -50,25 +58,10 @@ def test_unsorted_and_nan_points_are_ignored():
     assert steps_to_reach([200, 0, 100, 300], [10, 30, 20, float("nan")], target=15) == pytest.approx(150.0)
 
 
-# ---------------------------------------------------------------- paired interval
-
-
-def test_paired_interval_by_hand():
-    got = paired_interval([1.0, 2.0, 3.0])
-    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # sd of [1, 2, 3] is 1
-    assert got.mean == pytest.approx(2.0)
-    assert got.lo == pytest.approx(2.0 - half)
-    assert got.hi == pytest.approx(2.0 + half)
-    assert got.n == 3
-
-
-def test_paired_interval_significance_and_single_pair():
-    assert not paired_interval([1.0, 2.0, 3.0]).significant  # [-0.48, 4.48] contains 0
-    assert paired_interval([-1.0, -1.1, -0.9, -1.05]).significant
-    one = paired_interval([0.5])
-    assert (one.mean, one.lo, one.hi, one.n, one.significant) == (0.5, None, None, 1, False)
+def test_format_interval():
     assert format_interval(0.5, np.nan, np.nan, 1) == "+0.5 (n=1, no CI)"
-    assert paired_interval([]) is None
+    assert format_interval(-0.02, -0.03, -0.01, 3, paired=False) == "-0.02 [-0.03, -0.01] (unpaired)"
+    assert format_interval(0.0, np.nan, np.nan, 0) == "n/a"
 
 
 def test_tex_escape():
@@ -121,7 +114,9 @@ def results(tmp_path: Path) -> Path:
     runs = runs[2:4] + runs[:2] + runs[4:]  # the baseline is not first in the manifest: the table puts it first
     manifest = {"name": "injection", "budget": "smoke", "seeds": [0, 1], "axes": ["injection"],
                 "baseline": "baseline", "command": "mirai-lab sweep --axis injection", "created": 0.0, "runs": runs,
-                "paper": {"metric": "fid", "rows": {"baseline": 6.36, "internal-2d": 5.22}}}
+                "paper": {"metric": "fid", "rows": {"baseline": 6.36, "internal-2d": 5.22},
+                          "orderings": ["internal-2d < baseline", "output-1d > baseline"],
+                          "ordering_metrics": ["fid_domain"]}}
     (root / "sweeps" / "injection").mkdir(parents=True)
     (root / "sweeps" / "injection" / "manifest.json").write_text(json.dumps(manifest))
     for variant, seeds in FID.items():
@@ -148,8 +143,9 @@ def test_write_report_end_to_end(results: Path):
     out = results / "report-out"
     report = write_report(results, ["injection"], out, "mirai-lab report injection")
     assert report == out / "report.md"
-    for name in ("table.md", "table.csv", "table.tex", "COMMAND", "curves.png", "curves.pdf", "bars.png", "bars.pdf",
-                 "samples.png", "structure.png"):
+    for name in ("table.md", "table.csv", "table.tex", "finals.csv", "curves.csv", "COMMAND", "curves.png",
+                 "curves.pdf", "differences.png", "differences.pdf", "finals.png", "finals.pdf", "samples.png",
+                 "structure.png"):
         assert (out / name).stat().st_size > 0, name
 
     table = pd.read_csv(out / "table.csv").set_index("variant")
@@ -165,28 +161,55 @@ def test_write_report_end_to_end(results: Path):
     assert row["delta_fid_domain"] == pytest.approx(-3.0)
     assert row["delta_fid_domain_lo"] == pytest.approx(-3.0 - half)
     assert row["delta_fid_domain_hi"] == pytest.approx(-3.0 + half)
-    # baseline mean curve ends at 9 and first gets there at step 400; internal-2d's mean curve hits 9 at step 200
-    assert table.loc["baseline", "target_fid_domain"] == pytest.approx(9.0)
-    assert row["steps_to_target_fid_domain"] == pytest.approx(200.0)
-    assert row["speedup_fid_domain"] == pytest.approx(2.0)
-    assert np.isnan(table.loc["output-1d", "speedup_fid_domain"])
+    assert row["delta_fid_domain_half"] == pytest.approx(half) and row["delta_fid_domain_n"] == 2
+    assert row["verdict_fid_domain"] == "unresolved" and row["level"] == 0.95
+    # not resolved: the seeds that would bring the half-width to |mean| = 3 at sd(-2, -4)
+    assert row["seeds_needed_fid_domain"] == 4  # t(.975, 3) * 1.414 / 2 = 2.25 <= 3 < t(.975, 2) * 1.414 / 1.732
+    # per seed: each baseline first reaches its own final (8, 10) at step 400, internal-2d at step 200
+    assert row["speedup_fid_domain"] == pytest.approx(2.0) and row["speedup_fid_domain_reached"] == 2
+    assert table.loc["output-1d", ["speedup_fid_domain_reached", "speedup_fid_domain_n"]].tolist() == [0, 1]
 
     md = (out / "table.md").read_text()
     header = md.splitlines()[0]
-    for column in ("variant", "failed", "fid_domain", "paper", "Δ fid_domain [95% CI]", "speed-up fid_domain",
-                   "val_nll", "structure_score"):
+    for column in ("variant", "failed", "fid_domain", "paper", "Δ fid_domain [95% CI]", "± fid_domain",
+                   "MDE fid_domain", "verdict fid_domain", "speed-up fid_domain", "val_nll", "structure_score"):
         assert f"| {column} |" in header, column
-    assert "not reached" in md and "(n=1, no CI)" in md and "nan" not in md.lower()
-    assert "2.00× (200 steps)" in md
+    assert "not reached (0/1)" in md and "(n=1, no CI)" in md and "nan" not in md.lower()
+    assert "2.00× [2.00, 2.00] (2/2 reached)" in md and "unresolved (needs 4 seeds)" in md
 
     tex = (out / "table.tex").read_text()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"\caption{injection: final val\_nll" in tex and r"\label{tab:injection}" in tex
     assert r"fid\_domain" in tex and "fid_domain" not in tex.replace(r"fid\_domain", "")
+    assert "structure" not in tex and "MDE" not in tex  # a chosen set of columns, not all of them
+
+    finals = pd.read_csv(out / "finals.csv")
+    assert set(finals.columns) == {"sweep", "label", "variant", "seed", "run_id", "state", "metric", "value"}
+    got = finals[(finals["run_id"] == "internal-2d-s1") & (finals["metric"] == "fid_domain")]["value"]
+    assert got.tolist() == [6.0]
+    long = pd.read_csv(out / "curves.csv")
+    assert len(long) == 6 * len(STEPS) * 3 and {"seed", "variant", "step", "metric", "value"} <= set(long.columns)
 
     text = report.read_text()
     assert "mirai-lab report injection" in text and "output-1d-s1" in text and "loss diverged" in text
-    assert "![curves](curves.png)" in text and "real vs real" in text
-    assert "- **internal-2d**: fid_domain -3 [" in text
+    assert "![curves](curves.png)" in text and "![differences](differences.png)" in text and "real vs real" in text
+    assert "- **internal-2d**: fid_domain -3 [" in text and ": unresolved (needs 4 seeds)" in text
+    assert "## Noise and power" in text and "Intervals: 95% per row (fixed-seed sweep" in text
+    assert "| internal-2d < baseline | fid_domain | -3 [" in text and "| output-1d > baseline |" in text
+
+
+def test_adaptive_level_is_used_and_stated(results: Path):
+    (results / "sweeps" / "injection" / "adaptive.json").write_text(json.dumps(
+        {"metric": "val_nll", "margin": 0.02, "alpha": 0.05, "looks_planned": [3, 5], "comparisons": 2,
+         "level": 0.9875, "looks": [{"n": 3, "rows": {}}], "stopped": "seed cap (5 seeds) reached"}))
+    out = results / "adaptive-out"
+    text = write_report(results, ["injection"], out, "cmd").read_text()
+    table = pd.read_csv(out / "table.csv").set_index("variant")
+    half = stats.t.ppf(0.5 + 0.9875 / 2, 1) * np.std([-2.0, -4.0], ddof=1) / math.sqrt(2)
+    assert table.loc["internal-2d", "delta_fid_domain_half"] == pytest.approx(half)
+    assert "| Δ val_nll [98.75% CI] |" in (out / "table.md").read_text()
+    assert "Bonferroni over 2 planned looks (3, 5 seeds) x 2 comparisons" in text
+    assert "looks made at 3 seeds of 3, 5 planned" in text and "val_nll ±0.02" in text
 
 
 def test_two_sweeps_prefix_labels_and_keep_their_own_baseline(results: Path):
@@ -219,3 +242,89 @@ def test_missing_metrics_stay_missing(tmp_path: Path):
     assert md[3].startswith("| b | 0/1 | 0 | n/a |")
     assert "No baseline" in text and "| `b0` | b | 0 | running |" in text
     assert not (tmp_path / "out" / "curves.png").exists() and "Not drawn" in text
+
+
+# ---------------------------------------------------------------- orderings
+
+
+def _runs_frame(values: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"variant": v, "seed": s, "state": "done", "val_nll": x}
+                         for v, xs in values.items() for s, x in enumerate(xs)])
+
+
+def test_orderings_hold_contradicted_unresolved():
+    runs = _runs_frame({"baseline": [2.10, 2.14, 2.12, 2.16], "good": [2.00, 2.05, 2.01, 2.06],
+                        "bad": [2.30, 2.33, 2.31, 2.37], "same": [2.1001, 2.1398, 2.1203, 2.1599]})
+    paper = {"orderings": ["good < baseline", "bad < baseline", "bad > good", "same < baseline"],
+             "ordering_metrics": "val_nll"}
+    got = check_orderings(paper, runs, "spec", 0.95, {"val_nll": 0.01}).set_index("ordering")
+    assert got["outcome"].to_dict() == {"good < baseline": "holds", "bad < baseline": "contradicted",
+                                        "bad > good": "holds",
+                                        "same < baseline": "unresolved (equivalent within ±0.01)"}
+    ci = stats.ttest_rel([2.00, 2.05, 2.01, 2.06], [2.10, 2.14, 2.12, 2.16]).confidence_interval(0.95)
+    assert (got.loc["good < baseline", "lo"], got.loc["good < baseline", "hi"]) == (pytest.approx(ci.low),
+                                                                                    pytest.approx(ci.high))
+
+
+@pytest.mark.parametrize(("orderings", "message"), [
+    (["good << baseline"], r"ordering 'good << baseline': expected 'VARIANT < VARIANT'"),
+    (["nope < baseline"], r"'nope' is not a variant \(baseline, good\)"),
+    (["good < good"], r"compares a variant with itself"),
+])
+def test_bad_orderings_are_one_line(orderings: list[str], message: str):
+    runs = _runs_frame({"baseline": [1.0, 1.1], "good": [0.9, 1.0]})
+    with pytest.raises(UserError, match=message):
+        check_orderings({"orderings": orderings}, runs, "spec", 0.95, {})
+
+
+def test_builtin_table_orderings_name_their_variants():
+    for table in ("table1", "table2"):
+        plan = load_plan(SPECS_DIR / f"{table}.toml", budget="smoke", seeds=1)
+        runs = pd.DataFrame([{"variant": r.variant, "seed": r.seed, "state": "pending"} for r in plan.runs])
+        checked = check_orderings(plan.paper, runs, table, 0.95, {})
+        assert len(checked) == 2 * len(plan.paper["orderings"]) and set(checked["outcome"]) == {"unresolved"}
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_plan_arithmetic(results: Path):
+    # add a third seed so that both variants have spread; output-1d keeps one failed seed
+    for variant, fid in (("baseline", [100, 50, 20, 10, 9]), ("internal-2d", [100, 30, 8, 7, 7.5])):
+        FID[variant][2] = fid
+        _write_run(results, variant, 2)
+        del FID[variant][2]
+    manifest_path = results / "sweeps" / "injection" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["runs"] += [{"run_id": _run_id(v, 2), "variant": v, "seed": 2, "overrides": {}}
+                         for v in ("baseline", "internal-2d")]
+    manifest_path.write_text(json.dumps(manifest))
+
+    info = plan_seeds(results, "injection", halfwidth=0.5, metric="fid_domain", workers=2)
+    rows = {r["variant"]: r for r in info["rows"]}
+    d = np.array([6 - 8, 6 - 10, 7.5 - 9])
+    sd = d.std(ddof=1)
+    row = rows["internal-2d"]
+    assert row["n"] == 3 and row["sd"] == pytest.approx(sd)
+    lo, hi = stats.t.interval(0.95, 2, loc=d.mean(), scale=sd / math.sqrt(3))
+    assert row["half"] == pytest.approx((hi - lo) / 2)
+    need = next(n for n in range(2, 10_000) if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= 0.5)
+    assert row["seeds_needed"] == need and row["extra_runs"] == need - 3
+    assert info["median_wall_s"] == 12.0  # every run recorded 12 s
+    assert row["minutes"] == pytest.approx((need - 3) * 12.0 / 2 / 60)
+    assert rows["output-1d"]["n"] == 1 and rows["output-1d"]["seeds_needed"] is None
+    assert info["total_runs"] is None  # output-1d has no spread to plan from
+    text = format_plan(info)
+    assert f"| internal-2d | 3 | {sd:.4g} |" in text and "median 12 s per run" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--halfwidth", "0"], "--halfwidth 0.0: expected a positive number"),
+    (["--metric", "is_domain"], "--metric 'is_domain': expected one of fid_domain, val_nll"),
+    ([], "no sweep 'nope'"),
+])
+def test_plan_bad_input_is_one_line_exit_2(results: Path, args: list[str], message: str):
+    sweep = "nope" if not args else "injection"
+    proc = subprocess.run([sys.executable, "-m", "mirai_lab", "plan", sweep, *args, "--results-dir", str(results)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

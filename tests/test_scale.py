@@ -162,7 +162,7 @@ def fake_tokenize(images: list[tuple[Path, int]], weights: Path, code_path: Path
     """A LlamaGen code folder whose code of a cell is the argmax channel of the fake encoder's
     feature for that cell and crop, so a target can be matched to its token. `pad` duplicates
     of the first images mimic a DistributedSampler's padding."""
-    net = load_dinov2(weights, model="tiny_vit")
+    net = load_dinov2(weights, hub=weights.parent, model="tiny_vit")
     codes_dir, labels_dir = code_path / "imagenet16_codes", code_path / "imagenet16_labels"
     codes_dir.mkdir(parents=True)
     labels_dir.mkdir()
@@ -255,7 +255,8 @@ def test_code_folder_errors_name_the_problem(tmp_path, llamagen, damage, needle)
 def features(llamagen) -> Path:
     out = llamagen["root"] / "features"
     info = prepare_dinov2(str(llamagen["weights"]), str(llamagen["images"]), str(llamagen["codes"]), str(out),
-                          model="tiny_vit", image_size=IMAGE_SIZE, shard_size=5, batch_size=4, workers=0)
+                          hub=str(llamagen["weights"].parent), model="tiny_vit", image_size=IMAGE_SIZE, shard_size=5,
+                          batch_size=4, workers=0, resize="pil")  # fake_tokenize resizes with PIL too
     assert info["shards"] == 3 and info["written"] == 3 and info["dim"] == 16 and info["images"] == N_IMAGES + 1
     return out
 
@@ -269,13 +270,15 @@ def test_extraction_resumes_skips_finished_shards_and_refuses_other_settings(tmp
     reference = np.load(out / "shard-00001.npy")
     (out / "shard-00001.npy").unlink()  # as if killed while writing it
     args = (str(llamagen["weights"]), str(llamagen["images"]), str(llamagen["codes"]))
-    info = prepare_dinov2(*args, str(out), model="tiny_vit", image_size=IMAGE_SIZE, shard_size=5, workers=0)
+    hub = str(llamagen["weights"].parent)
+    info = prepare_dinov2(*args, str(out), hub=hub, model="tiny_vit", image_size=IMAGE_SIZE, shard_size=5, workers=0,
+                          resize="pil")
     assert (info["written"], info["skipped"]) == (1, 2)
     assert (out / "shard-00000.npy").stat().st_mtime_ns == kept
     assert np.array_equal(np.load(out / "shard-00001.npy"), reference)
     with pytest.raises(UserError, match="other settings \\(crop_range\\)"):
-        prepare_dinov2(*args, str(out), model="tiny_vit", image_size=IMAGE_SIZE, shard_size=5, workers=0,
-                       crop_range=1.2)
+        prepare_dinov2(*args, str(out), hub=hub, model="tiny_vit", image_size=IMAGE_SIZE, shard_size=5, workers=0,
+                       resize="pil", crop_range=1.2)
     with pytest.raises(UserError, match="DINOv2 weights '/nope.pth' do not exist"):
         prepare_dinov2("/nope.pth", *args[1:], str(tmp_path / "x"), model="tiny_vit")
 
@@ -289,7 +292,7 @@ def test_mismatched_dinov2_weights_name_the_key(tmp_path, llamagen):
     state["norm.weight"] = torch.ones(5)
     torch.save(state, hub / "tiny_vit.pth")
     with pytest.raises(UserError, match="key 'norm.weight' has shape \\(5,\\)"):
-        load_dinov2(hub / "tiny_vit.pth", model="tiny_vit")
+        load_dinov2(hub / "tiny_vit.pth", hub=hub, model="tiny_vit")
 
 
 class NllOnlyEvaluator(Evaluator):

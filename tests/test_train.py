@@ -5,12 +5,14 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from mirai_lab.config import build_config
+from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.runs.store import load_tensors
 from mirai_lab.training.trainer import Trainer
 
@@ -54,6 +56,135 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, tiny_overrides):
     rows_a = curve_rows(tmp_path / "a" / "runs" / full.run_id / "curve.csv")
     rows_b = curve_rows(tmp_path / "b" / "runs" / full.run_id / "curve.csv")
     assert rows_a == rows_b and len(rows_a) > 0
+
+
+def weights(trainer: Trainer) -> dict:
+    ckpt = load_tensors(trainer.dir / "checkpoint.pt")
+    return {"model": ckpt["model"], "ema": ckpt["ema"], "optimizer": ckpt["optimizer"]["state"]}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_same(a[key], b[key])
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_weights_do_not_depend_on_evaluation_frequency_or_on_anyone_else_using_the_global_rng(
+        tmp_path, tiny_overrides, monkeypatch):
+    cfg = build_config(None, {**tiny_overrides, "foresight.source": "ema", "foresight.student_block": 2})
+    plain = Trainer(cfg, tmp_path / "a")
+    plain.run()
+    in_training = Evaluator.in_training
+
+    def noisy(self, model, step, samples=True):  # as a cache load or a library call between steps would
+        torch.rand(1000)
+        return in_training(self, model, step, samples)
+
+    monkeypatch.setattr(Evaluator, "in_training", noisy)
+    dense = build_config(None, {**tiny_overrides, "foresight.source": "ema", "foresight.student_block": 2,
+                                "train.val_every": 1})
+    other = Trainer(dense, tmp_path / "b")
+    assert other.run_id == plain.run_id  # val_every is not part of the identity
+    other.run()
+    assert_same(weights(plain), weights(other))
+    nll = [r for r in curve_rows(other.dir / "curve.csv") if r[1] == "val_nll"]
+    assert [int(r[0]) for r in nll] == list(range(1, 13))  # dense val_nll, one point a step
+
+
+def test_paired_variants_share_initial_weights_masks_and_the_first_ntp_loss(tmp_path, tiny_overrides):
+    """A foresight variant sees the baseline's model init, batches, class-dropout and dropout masks."""
+    noisy = {**tiny_overrides, "model.class_dropout": 0.5, "model.token_dropout": 0.2, "model.resid_dropout": 0.2}
+    trainers = [Trainer(build_config(None, {**noisy, **extra}), tmp_path)
+                for extra in ({}, {"foresight.source": "ema", "foresight.student_block": 2, "foresight.coef": 5.0})]
+    seen: list[list[torch.Tensor]] = [[], []]
+    for i, tr in enumerate(trainers):
+        tr.setup()
+        table = tr.model.cls_embedding.embedding_table
+        table.register_forward_hook(lambda mod, args, out, i=i: seen[i].append(args[0].clone()))
+    assert_same(trainers[0].model.state_dict(), trainers[1].model.state_dict())
+    states = [[], []]
+    for step in range(3):
+        for i, tr in enumerate(trainers):
+            tr.train_step(step)
+            states[i].append(tr.noise.generators["dropout"].get_state())
+        if step == 0:  # the foresight term changes the gradient, not the forward of the first step
+            assert torch.equal(trainers[0].log_sums["train_ntp"], trainers[1].log_sums["train_ntp"])
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], seen[1], strict=True))  # class-dropout masks
+    null = trainers[0].data.num_classes
+    assert any((labels == null).any() for labels in seen[0])  # class dropout did drop
+    assert all(torch.equal(a, b) for a, b in zip(states[0], states[1], strict=True))  # dropout draws
+
+
+def test_the_step_never_reads_a_value_back_from_the_device(tmp_path, tiny_overrides, monkeypatch):
+    """No .item(), float(), bool(), int(), tolist() from project code between evaluations; torch's own
+    CPU-side bookkeeping (AdamW's step counter) is not a device read and is let through."""
+    cfg = build_config(None, {**tiny_overrides, "foresight.source": "ema", "foresight.student_block": 2,
+                              "train.grad_accum": 2})
+    trainer = Trainer(cfg, tmp_path)
+    trainer.setup()
+    reads: list[str] = []
+
+    def spy(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if not caller.startswith("torch"):
+                reads.append(f"{name} from {caller}")
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__", "__format__"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    for step in range(3):
+        trainer.train_step(step)
+    assert reads == []
+    bool(torch.ones(()))  # the spy sees a read from outside torch
+    assert reads == [f"__bool__ from {__name__}"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_cuda_step_has_no_synchronisation(tmp_path, tiny_overrides):
+    cfg = build_config(None, {**tiny_overrides, "foresight.source": "ema", "foresight.student_block": 2})
+    trainer = Trainer(cfg, tmp_path)
+    trainer.setup()
+    trainer.train_step(0)  # first step: lazy allocations and kernel selection
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 4):
+            trainer.train_step(step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_the_last_curve_point_is_the_final_evaluation(tmp_path, tiny_overrides, monkeypatch):
+    """C1: the curve ends at final.json's sample metrics (eval.n_samples_final), with n_samples rows."""
+    def sample_metrics(self, images, labels):
+        return {"fid_domain": float(images.mean()) * 100 + len(images), "class_acc": 0.5}
+
+    monkeypatch.setattr(Evaluator, "sample_metrics", sample_metrics)
+    monkeypatch.setattr(Evaluator, "floors", lambda self, n: {})
+    monkeypatch.setattr(Evaluator, "classifier", property(lambda self: types.SimpleNamespace(val_accuracy=1.0)))
+    cfg = build_config(None, {**tiny_overrides, "eval.metrics": True, "eval.n_samples": 8, "eval.n_samples_final": 20,
+                              "train.val_every": 3})
+    trainer = Trainer(cfg, tmp_path)
+    final = trainer.run()
+    rows = curve_rows(trainer.dir / "curve.csv")
+    by_step: dict[int, dict[str, float]] = {}
+    for step, metric, value in rows:
+        by_step.setdefault(int(step), {})[metric] = value
+    assert sorted(by_step) == [3, 6, 9, 12]
+    assert set(by_step[3]) == set(by_step[9]) == {"train_ntp", "val_nll"}
+    assert by_step[6]["n_samples"] == 8 and "fid_domain" in by_step[6]
+    last = by_step[12]
+    assert last["n_samples"] == 20 == final["n_samples_final"]
+    assert (last["fid_domain"], last["class_acc"], last["val_nll"]) == \
+        (final["fid_domain"], final["class_acc"], final["val_nll"])
+    assert [m for s, m, _ in rows if int(s) == 12].count("fid_domain") == 1  # replaced, not logged twice
 
 
 @pytest.mark.parametrize("overrides", [

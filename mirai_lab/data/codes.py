@@ -27,7 +27,8 @@ import torch
 from mirai_lab.data.images import split_indices
 from mirai_lab.data.types import TokenData
 from mirai_lab.errors import UserError
-from mirai_lab.runs.store import CorruptFile, atomic_path, cache_lock, content_hash, load_tensors, save_tensors
+from mirai_lab.runs.cache import load_or_build
+from mirai_lab.runs.store import CorruptFile, atomic_path, content_hash, load_tensors, save_tensors
 
 READ_THREADS = 8  # file reads overlap on network file systems; numpy's parsing holds the GIL
 READ_BLOCK = 4096
@@ -133,16 +134,24 @@ def load_code_folder(codes_dir: str, codebook_size: int, val_fraction: float, sp
     codes, labels = find_code_dirs(codes_dir)
     fingerprint, n = folder_fingerprint(codes, labels)
     key = content_hash({"codes": fingerprint, "version": 1})
-    packed, meta = cache / f"codes-{key}.npy", cache / f"codes-{key}.pt"
-    with cache_lock(meta):  # sweep workers starting together pack the folder once
-        try:
-            blob = load_tensors(meta)
-            array = np.load(packed, mmap_mode="c")  # copy-on-write: writable for torch, shared pages
-        except (CorruptFile, ValueError, OSError):  # absent, or cut short by a kill: pack again
-            label_tensor, max_code = _pack(codes, labels, n, packed)
-            blob = {"labels": label_tensor, "max_code": torch.tensor(max_code)}
-            save_tensors(meta, blob)  # written last: its presence says the packed codes are complete
-            array = np.load(packed, mmap_mode="c")
+    packed = cache / f"codes-{key}.npy"
+
+    def load(meta: Path) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        blob = load_tensors(meta, checked=True)
+        array = np.load(packed, mmap_mode="c")  # copy-on-write: writable for torch, shared pages
+        if array.ndim != 3 or array.shape[0] != n or tuple(blob["labels"].shape) != (n,):
+            raise CorruptFile(f"{packed}: shape {array.shape} does not fit the {n} images of {str(codes)!r}")
+        return blob, array
+
+    def build() -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        label_tensor, max_code = _pack(codes, labels, n, packed)
+        return {"labels": label_tensor, "max_code": torch.tensor(max_code)}, np.load(packed, mmap_mode="c")
+
+    def save(meta: Path, value: tuple[dict[str, torch.Tensor], np.ndarray]) -> None:
+        save_tensors(meta, value[0])  # written last: its presence says the packed codes are complete
+
+    # sweep workers starting together pack the folder once
+    blob, array = load_or_build(cache / f"codes-{key}.pt", load, build, save)
     max_code = int(blob["max_code"])
     if max_code >= codebook_size:
         raise UserError(f"tokenizer.codebook_size={codebook_size}: the codes in {str(codes)!r} go up to {max_code}; "

@@ -1,6 +1,6 @@
 """VQ tokenizer: a k-means codebook over non-overlapping p x p pixel patches.
 
-Measured on animal-mnist (DESIGN section 5): 512 codes over 4x4 patches fit in seconds and
+Measured on animal-mnist (docs/design.md, "Embedded default"): 512 codes over 4x4 patches fit in seconds and
 reconstruct with pixel MSE ~0.008, which is a sound ceiling for a CPU study; the AR model
 only ever sees the code indices, exactly as LlamaGen sees its VQGAN codes.
 """

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirai_lab.errors import UserError
-from mirai_lab.runs.store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors, tensor_hash
+from mirai_lab.runs.cache import load_or_build
+from mirai_lab.runs.store import CorruptFile, content_hash, load_tensors, save_tensors, tensor_hash
 
 # Bump when the network or the training procedure changes: it is part of the cache key.
 VERSION = 1
@@ -108,13 +109,19 @@ def _check_labels(labels: Tensor, n: int, num_classes: int, what: str) -> None:
         raise UserError(f"{what}: labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
 
 
+def _new_classifier(num_classes: int, image_size: tuple[int, int], settings: dict) -> DomainClassifier:
+    """A seeded fresh network; its init runs on a forked RNG, so that neither fitting nor loading
+    the classifier advances the caller's torch RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings["seed"])
+        return DomainClassifier(num_classes, image_size, settings["width"])
+
+
 def _fit(train_images: Tensor, train_labels: Tensor, settings: dict) -> DomainClassifier:
     """AdamW with a one-cycle schedule; no augmentation (it did not help at this length).
     Trained channels-last: the convolutions' backward is about 15% faster on CPU that way."""
     seed, steps, lr = settings["seed"], settings["steps"], settings["lr"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DomainClassifier(settings["num_classes"], tuple(train_images.shape[-2:]), settings["width"])
+    model = _new_classifier(settings["num_classes"], tuple(train_images.shape[-2:]), settings)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
@@ -131,23 +138,14 @@ def _fit(train_images: Tensor, train_labels: Tensor, settings: dict) -> DomainCl
 
 
 def _load(path: Path, settings: dict) -> DomainClassifier:
-    """Rebuild a cached classifier; a payload that does not fit the settings counts as corrupt.
-
-    So does a file that is not a plain tensor file: it is never unpickled, only replaced.
-    """
-    try:
-        payload = load_tensors(path)
-    except UserError as exc:
-        raise CorruptFile(str(exc)) from exc
-    try:
-        if payload["settings"] != settings:
-            raise ValueError("settings differ from the cache key")
-        model = DomainClassifier(payload["num_classes"], tuple(payload["image_size"]), settings["width"])
-        model.load_state_dict(payload["state_dict"])
-        model.val_accuracy = float(payload["val_accuracy"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CorruptFile(f"{path} does not hold a classifier for these settings: {exc}") from exc
-    return model
+    """Rebuild a cached classifier; a payload that does not fit the settings counts as corrupt."""
+    payload = load_tensors(path, checked=True)
+    if payload["settings"] != settings:
+        raise CorruptFile(f"{path}: its settings differ from the cache key")
+    model = _new_classifier(payload["num_classes"], tuple(payload["image_size"]), settings)
+    model.load_state_dict(payload["state_dict"])
+    model.val_accuracy = float(payload["val_accuracy"])
+    return model.freeze()
 
 
 def train_domain_classifier(
@@ -195,15 +193,15 @@ def train_domain_classifier(
     }
     data = tensor_hash(train_images, train_labels, val_images, val_labels)
     path = Path(cache_dir) / f"classifier-{content_hash({'data': data, **settings})}.pt"
-    with cache_lock(path):  # parallel sweep workers fit it once; the others wait and load it
-        if path.exists():
-            try:
-                return _load(path, settings).freeze()
-            except CorruptFile:
-                pass  # rebuilt and overwritten below
-        train_images, train_labels = train_images.detach().float().cpu(), train_labels.cpu()
-        model = _fit(train_images, train_labels, settings).freeze()
+
+    def build() -> DomainClassifier:
+        model = _fit(train_images.detach().float().cpu(), train_labels.cpu(), settings).freeze()
         model.val_accuracy = (model.predict(val_images.detach().float()) == val_labels.cpu()).double().mean().item()
+        return model
+
+    def save(path: Path, model: DomainClassifier) -> None:
         save_tensors(path, {"state_dict": model.state_dict(), "val_accuracy": model.val_accuracy,
                             "num_classes": num_classes, "image_size": list(model.image_size), "settings": settings})
-    return model
+
+    # parallel sweep workers fit it once; the others wait and load it
+    return load_or_build(path, lambda p: _load(p, settings), build, save)

@@ -3,13 +3,13 @@
 In training (every eval interval): validation NLL always; with `eval.metrics` the domain
 metrics and class accuracy of `eval.n_samples` CFG samples. At the end: the same at
 `eval.n_samples_final`, the 2D-structure score, and the floors at that sample count, so a
-reader of final.json can tell signal from noise. Samples use a fixed generator seed at
-every evaluation (common random numbers), so two runs differ by their models only.
+reader of final.json can tell signal from noise. Sampling noise comes from a generator keyed
+by (train.seed, step) (training/rng.py): the variants of one seed draw the same noise at the
+same step, so they differ by their models only, and no evaluation touches a training stream.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,14 @@ from mirai_lab.evaluate.fidelity import class_accuracy, domain_metrics, floors, 
 from mirai_lab.evaluate.structure import structure_map, structure_score
 from mirai_lab.model.gpt import GPT
 from mirai_lab.model.sample import sample_tokens
-from mirai_lab.runs.store import atomic_path, content_hash, write_json
+from mirai_lab.runs.cache import load_or_build
+from mirai_lab.runs.store import CorruptFile, atomic_path, content_hash, read_json, write_json
+from mirai_lab.training.rng import stream_generator
 
-SAMPLE_SEED = 1234
 SAMPLE_CHUNK = 500
+# final.json entries that are not sample metrics: settings, counts, references, or logged on the curve already
+NOT_ON_CURVE = {"val_nll", "structure_block", "structure_score", "tokenizer_mse", "n_samples_final",
+                "classifier_val_acc", "steps", "params", "wall_s"}
 
 
 class Evaluator:
@@ -73,11 +77,12 @@ class Evaluator:
         return total / count
 
     @torch.no_grad()
-    def samples(self, model: GPT, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def samples(self, model: GPT, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n CFG samples, classes in turn; the noise is keyed by (seed, step), shared by the variants of a seed."""
         e = self.cfg.eval
         dev = _device(model)
         labels = torch.arange(n) % self.data.num_classes
-        g = torch.Generator(device=dev).manual_seed(SAMPLE_SEED)
+        g = stream_generator(self.cfg.train.seed, step, "sampling", device=dev)
         codes = torch.cat([sample_tokens(model, labels[i : i + SAMPLE_CHUNK].to(dev), e.cfg_scale, e.temperature,
                                          e.top_k, e.top_p, generator=g).cpu() for i in range(0, n, SAMPLE_CHUNK)])
         return self.data.tokenizer.decode(codes), labels
@@ -91,24 +96,31 @@ class Evaluator:
         out["class_acc"] = class_accuracy(images, labels, self.classifier)
         return out
 
-    def in_training(self, model: GPT, step: int) -> dict[str, float]:
+    def in_training(self, model: GPT, step: int, samples: bool = True) -> dict[str, float]:
+        """val_nll (dense points); with `samples`, also the sample metrics at eval.n_samples and their count."""
         row = {"val_nll": self.val_nll(model)}
-        if self.cfg.eval.metrics and self.has_pixels:
-            row.update(self.sample_metrics(*self.samples(model, self.cfg.eval.n_samples)))
+        if samples and self.cfg.eval.metrics and self.has_pixels:
+            n = self.cfg.eval.n_samples
+            row.update(self.sample_metrics(*self.samples(model, n, step)), n_samples=n)
         return row
 
     def floors(self, n: int) -> dict[str, Any]:
         """real-vs-real, tokenizer ceiling and real-vs-noise at n samples, cached per data + classifier."""
         key = content_hash({"data": self.data.key, "classifier": self.classifier.weights_hash, "n": n})
-        path = self.cache / f"floors-{key}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        d = self.data
-        val = d.images.images[d.val_idx]  # floors() draws n at random: a slice would be class-sorted
-        decoded = d.tokenizer.decode(d.tokens(d.val_idx))
-        out = floors(d.images.images[d.train_idx], val, decoded, self.classifier, min(n, len(val)))
-        write_json(path, out)
-        return out
+
+        def load(path: Path) -> dict[str, Any]:
+            out = read_json(path)
+            if not all(isinstance(out[name], dict) for name in ("real_vs_real", "real_vs_noise")):
+                raise CorruptFile(f"{path} does not hold the floors")
+            return out
+
+        def build() -> dict[str, Any]:
+            d = self.data
+            val = d.images.images[d.val_idx]  # floors() draws n at random: a slice would be class-sorted
+            decoded = d.tokenizer.decode(d.tokens(d.val_idx))
+            return floors(d.images.images[d.train_idx], val, decoded, self.classifier, min(n, len(val)))
+
+        return load_or_build(self.cache / f"floors-{key}.json", load, build, write_json)
 
     @torch.no_grad()
     def structure(self, model: GPT, block: int, path: Path) -> float:
@@ -131,7 +143,7 @@ class Evaluator:
         if not self.has_pixels:
             out["metrics_note"] = "no pixel decoder for these codes: validation NLL and structure only"
         else:
-            images, labels = self.samples(model, n)  # drawn once: the grid and the metrics see the same samples
+            images, labels = self.samples(model, n, step)  # drawn once: the grid and the metrics see the same samples
             write_sample_grid(images, labels, self.data.num_classes, run_dir / "samples.png")
             if self.cfg.eval.metrics:
                 out.update(self.sample_metrics(images, labels))
@@ -142,6 +154,17 @@ class Evaluator:
         out["tokenizer_mse"] = self.data.recon_mse
         out["n_samples_final"] = n
         return out
+
+
+def final_curve_row(final: dict[str, Any]) -> dict[str, float]:
+    """The curve's last point: the final evaluation's sample metrics and their count (`n_samples`),
+    so that the curve ends at what final.json says. val_nll is logged at that step already."""
+    if "fid_domain" not in final and "fid_inception" not in final:
+        return {}
+    row = {k: float(v) for k, v in final.items() if k not in NOT_ON_CURVE and isinstance(v, int | float)
+           and not isinstance(v, bool)}
+    row["n_samples"] = float(final["n_samples_final"])
+    return row
 
 
 def _device(model: GPT) -> torch.device:

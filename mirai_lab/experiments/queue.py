@@ -1,7 +1,7 @@
 """Share one ordered list of runs among many worker processes through an Optuna storage.
 
 Why Optuna: sweeps on a cluster already need a database every machine can reach for tuning
-(DESIGN section 6). Claiming runs through the same storage means one thing to deploy, no
+(docs/scale.md). Claiming runs through the same storage means one thing to deploy, no
 home-made lock files, and optuna-dashboard shows which run is where: a sweep is an ordinary
 study named ``mirai-lab-sweep:<sweep>``, each claim an ordinary trial whose user attr
 ``run_id`` names the run.
@@ -62,6 +62,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from mirai_lab.errors import UserError
+from mirai_lab.runs.store import write_text
 
 RUN_ID_KEY = "run_id"
 ERROR_KEY = "error"
@@ -116,6 +117,22 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return None
 
 
+def check_storage_url(url: str | None, processes: int = 1) -> None:
+    """Reject a storage URL that `open_storage` would not understand, or SQLite shared by
+    several processes, before anything is written (a sweep writes its manifest first)."""
+    if url is None:
+        return
+    scheme, _, rest = url.partition(":")
+    ok = ((scheme == "journal" and bool(rest)) or (scheme == "sqlite" and rest.startswith("///") and len(rest) > 3)
+          or (scheme.split("+")[0] == "postgresql" and rest.startswith("//") and len(rest) > 2))
+    if not ok:
+        raise UserError(f"storage URL {_redacted(url)!r} not understood: expected {STORAGE_FORMS}")
+    if scheme == "sqlite" and processes > 1:
+        raise UserError(f"storage {_redacted(url)} is SQLite, which serves one process only (it ignores the row "
+                        f"lock a claim relies on), but {processes} workers would share it: use journal:PATH or "
+                        "postgresql://...")
+
+
 def open_storage(url: str | None, default_journal: Path, *, heartbeat_s: int = 30) -> BaseStorage:
     """Open the storage named by ``--storage`` with heartbeats every ``heartbeat_s`` seconds.
 
@@ -130,21 +147,16 @@ def open_storage(url: str | None, default_journal: Path, *, heartbeat_s: int = 3
     grace = GRACE_BEATS * heartbeat_s
     if url is None:
         return _open_journal(Path(default_journal), heartbeat_s, grace)
+    check_storage_url(url)
     scheme, _, rest = url.partition(":")
-    if scheme == "journal" and rest:
+    if scheme == "journal":
         return _open_journal(Path(rest).expanduser(), heartbeat_s, grace)
-    if scheme == "sqlite" and rest.startswith("///") and len(rest) > 3:
-        return _open_rdb(url, heartbeat_s, grace)
-    if scheme.split("+")[0] == "postgresql" and rest.startswith("//"):
-        if scheme in ("postgresql", "postgresql+psycopg2"):
-            if importlib.util.find_spec("psycopg2") is None:
-                raise UserError(
-                    f"storage {_redacted(url)} needs the PostgreSQL driver: pip install mirai-lab[postgres]"
-                )
-            # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
-            url = "postgresql+psycopg2:" + rest
-        return _open_rdb(url, heartbeat_s, grace)
-    raise UserError(f"storage URL {url!r} not understood: expected {STORAGE_FORMS}")
+    if scheme in ("postgresql", "postgresql+psycopg2"):
+        if importlib.util.find_spec("psycopg2") is None:
+            raise UserError(f"storage {_redacted(url)} needs the PostgreSQL driver: pip install mirai-lab[postgres]")
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+        url = "postgresql+psycopg2:" + rest
+    return _open_rdb(url, heartbeat_s, grace)
 
 
 def _open_journal(path: Path, heartbeat_s: int, grace: int) -> HeartbeatJournalStorage:
@@ -187,8 +199,13 @@ def _redacted(url: str) -> str:
     """The URL without its password, fit for an error message."""
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         return url
+
+
+class ClaimLost(Exception):
+    """This worker no longer holds the run (presumed dead after missing its heartbeats, e.g.
+    frozen); another worker may be training it. Raised before a write: stop, write nothing."""
 
 
 class Claim:
@@ -207,6 +224,7 @@ class Claim:
         self._storage = storage
         self._trial_id = trial_id
         self._started = time.monotonic()
+        self._fence_file: Path | None = None
         self._closed = threading.Event()
         interval = storage.get_heartbeat_interval()
         self._thread = threading.Thread(target=self._beat, args=(interval,), name=f"heartbeat-{run_id}", daemon=True)
@@ -221,6 +239,32 @@ class Claim:
                 return
             except Exception as err:  # a transient storage error must not stop the beats
                 _log.warning("run %s: heartbeat failed (%s); retrying", self.run_id, err)
+
+    def check(self, path: Path | None = None) -> None:
+        """Raise ClaimLost unless this claim still holds its run, and no later claimant's
+        ``token`` stands in the run's ``fence`` file (see :meth:`fence`). A guard for writes."""
+        what = f" (not writing {path.name})" if path is not None else ""
+        if self._storage.get_trial(self._trial_id).state != TrialState.RUNNING:
+            raise ClaimLost(f"run {self.run_id}: this worker's claim was given to another worker{what}")
+        if self._fence_file is not None:
+            try:
+                holder = self._fence_file.read_text().strip()
+            except OSError:
+                holder = ""
+            if holder != self.token:
+                raise ClaimLost(f"run {self.run_id}: claimed since by {holder or 'another worker'}{what}")
+
+    @property
+    def token(self) -> str:
+        """Who holds the run: trial number, host and pid; later claims have higher numbers."""
+        return f"trial {self.trial_number} {socket.gethostname()}:{os.getpid()}"
+
+    def fence(self, fence_file: Path) -> None:
+        """Write this claim's token to ``fence_file`` (in the run's folder): from now on a
+        worker whose claim was lost sees a token that is not its own and stops before
+        writing, even if the storage still answers it with a stale state."""
+        write_text(fence_file, self.token + "\n")
+        self._fence_file = fence_file
 
     def done(self) -> bool:
         """The run finished: it is never handed out again."""

@@ -18,25 +18,35 @@
     rows = { baseline = 6.36 }
 
 Several axes expand to their product; a variant's name joins its axis values with "/".
+
+A sweep's folder is named by what it holds: the spec's name, then `-<budget>` when the
+budget is not the spec's, `-s<n>` when the seeds are not the spec's, `-set<hash>` for --set
+overrides; an explicit name replaces all of it. So `sweep --axis k --set foresight.coef=0.5`
+never replaces the manifest of `sweep --axis k`.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mirai_lab.config import SECTIONS, RunConfig, build_config, flatten, read_toml
+from mirai_lab.config import MAX_RUNS, MAX_SEEDS, SECTIONS, RunConfig, build_config, check_budget, flatten, read_toml
 from mirai_lab.errors import UserError
+from mirai_lab.foresight.layout import head_offsets
 from mirai_lab.runs.identity import run_id_of
+from mirai_lab.runs.store import content_hash
 
 # The built-in specs ship inside the package, so an installed wheel runs every axis and table.
 SPECS_DIR = Path(str(resources.files("mirai_lab.experiments") / "specs"))
 AXES = ("injection", "layout", "source", "layer", "k", "encoder", "visibility", "schedule")
 SPEC_TABLES = {"experiment", "base", "axes", "paper"}
-EXPERIMENT_KEYS = {"name", "budget", "seeds", "baseline", "description"}
+# adaptive, margin, max_seeds, max_minutes: the adaptive-seed defaults (experiments/adaptive.py)
+EXPERIMENT_KEYS = {"name", "budget", "seeds", "baseline", "description", "adaptive", "margin", "max_seeds",
+                   "max_minutes"}
 
 
 @dataclass
@@ -59,6 +69,7 @@ class Plan:
     runs: list[PlannedRun]
     paper: dict[str, Any] | None
     spec: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # one line each, for the caller to show
 
     @property
     def unique_runs(self) -> list[PlannedRun]:
@@ -86,9 +97,11 @@ def _seeds(value: Any, where: str) -> list[int]:
     if isinstance(value, bool):
         raise UserError(f"{where}: seeds={value!r}: expected a count or a list of integers")
     if isinstance(value, int):
-        if value < 1:
-            raise UserError(f"{where}: seeds={value}: expected >= 1")
+        if not 1 <= value <= MAX_SEEDS:
+            raise UserError(f"{where}: seeds={value}: expected 1 <= value <= {MAX_SEEDS}")
         return list(range(value))
+    if isinstance(value, list) and len(value) > MAX_SEEDS:
+        raise UserError(f"{where}: seeds lists {len(value)} seeds: expected at most {MAX_SEEDS}")
     if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
         return list(dict.fromkeys(value))
     raise UserError(f"{where}: seeds={value!r}: expected a count or a list of integers")
@@ -125,13 +138,19 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
     if bad:
         raise UserError(f"{where}: unknown key(s) in [experiment]: {', '.join(sorted(bad))}; "
                         f"expected {', '.join(sorted(EXPERIMENT_KEYS))}")
-    sweep_name = name or exp.get("name") or Path(where).stem
-    if not isinstance(sweep_name, str) or not sweep_name.replace("-", "").replace("_", "").isalnum():
-        raise UserError(f"{where}: experiment name {sweep_name!r}: expected letters, digits, - or _")
-    budget_name = budget or exp.get("budget") or "standard"
-    seed_list = list(range(seeds)) if seeds is not None else _seeds(exp.get("seeds", 1), where)
-    if seeds is not None and seeds < 1:
-        raise UserError(f"--seeds {seeds}: expected >= 1")
+    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds {seeds}: expected 1 <= value <= {MAX_SEEDS}")
+    # the spec's budget is checked even when --budget replaces it, and an empty --budget is no budget
+    spec_budget = check_budget(exp["budget"], f"{where}: budget") if "budget" in exp else "standard"
+    spec_seeds = _seeds(exp.get("seeds", 1), where)
+    budget_name = spec_budget if budget is None else check_budget(budget, "--budget")
+    seed_list = list(range(seeds)) if seeds is not None else spec_seeds
+    spec_name = exp.get("name") or Path(where).stem
+    _check_name(spec_name, f"{where}: experiment name")
+    if name is not None:
+        _check_name(name, "--name")
+    sweep_name = name or sweep_name_for(spec_name, budget_name if budget_name != spec_budget else None,
+                                        seed_list if seed_list != spec_seeds else None, overrides)
     base = spec.get("base", {})
     if not isinstance(base, dict) or set(base) - set(SECTIONS):
         raise UserError(f"{where}: [base] must hold run-config tables ({', '.join(SECTIONS)})")
@@ -140,6 +159,9 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
         raise UserError(f"{where}: expected at least one [axes.<name>] table with variants")
     axis_variants = [[(vname, _variant_overrides(vname, vtable, where)) for vname, vtable in variants.items()]
                      for variants in axes.values()]
+    n_runs = len(seed_list) * math.prod(len(v) for v in axis_variants)
+    if n_runs > MAX_RUNS:
+        raise UserError(f"{where}: {n_runs} runs (variants x seeds): expected at most {MAX_RUNS}")
 
     def build(variant: str, merged: dict[str, Any]) -> RunConfig:
         try:
@@ -181,7 +203,53 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
     if baseline is not None and baseline not in variants:
         raise UserError(f"{where}: baseline={baseline!r} is not a variant ({', '.join(variants)})")
     paper = spec.get("paper")
-    return Plan(sweep_name, budget_name, seed_list, list(axes), baseline, runs, paper, spec)
+    return Plan(sweep_name, budget_name, seed_list, list(axes), baseline, runs, paper, spec,
+                duplicate_variants(runs, where))
+
+
+def _check_name(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not value or not value.replace("-", "").replace("_", "").isalnum():
+        raise UserError(f"{what} {value!r}: expected letters, digits, - or _")
+
+
+def sweep_name_for(spec_name: str, budget: str | None, seeds: list[int] | None,
+                   overrides: dict[str, Any] | None) -> str:
+    """The spec's name plus what makes this sweep differ from the spec (module docstring)."""
+    parts = [spec_name]
+    if budget is not None:
+        parts.append(budget)
+    if seeds is not None:
+        parts.append(f"s{len(seeds)}" if seeds == list(range(len(seeds))) else f"s{content_hash(seeds, 6)}")
+    if overrides:
+        parts.append(f"set{content_hash(overrides, 6)}")
+    return "-".join(parts)
+
+
+def effective_config(cfg: RunConfig) -> dict[str, Any]:
+    """What a run computes, as far as the config tells: the run-id fields, with foresight
+    dropped when it is off and the layout replaced by its head offsets (at K = 3, `2d` and
+    `2d-wide` are the same cells)."""
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("threads", "grad_accum")}
+    f = cfg.foresight
+    if f.source == "none" and f.injection != "mtp":
+        d.pop("foresight")
+    else:
+        d["foresight"]["layout"] = [f.layout == "1d", head_offsets(f.layout, f.k)]
+    return d
+
+
+def duplicate_variants(runs: list[PlannedRun], where: str) -> list[str]:
+    """One warning line per variant that trains the same thing as an earlier one (same seed)."""
+    first: dict[tuple[int, str], str] = {}
+    warned: dict[str, str] = {}
+    for run in runs:
+        key = (run.seed, content_hash(effective_config(run.cfg)))
+        other = first.setdefault(key, run.variant)
+        if other != run.variant and run.variant not in warned:
+            warned[run.variant] = (f"warning: {where}: variant {run.variant!r} resolves to the same configuration "
+                                   f"as {other!r}; both train the same model")
+    return list(warned.values())
 
 
 def load_plan(path: Path, **kwargs: Any) -> Plan:

@@ -10,6 +10,7 @@ checkpoint, a failed one is recorded with its error and skipped until `--retry-f
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,16 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mirai_lab.experiments.queue import RunQueue, open_storage
+from mirai_lab.errors import UserError
+from mirai_lab.experiments.queue import ClaimLost, RunQueue, open_storage
 from mirai_lab.experiments.spec import Plan
 from mirai_lab.runs.state import RunState, run_state, set_status
-from mirai_lab.runs.store import read_json, run_dir, write_json
+from mirai_lab.runs.store import fenced, read_json, run_dir, safe_name, write_json
 from mirai_lab.training.run import execute
 from mirai_lab.training.trainer import Diverged
 
+CLAIM_FILE = "claim.txt"  # the token of the worker that holds the run (a fence for its writes)
+
 
 def manifest_path(root: Path, name: str) -> Path:
-    return root / "sweeps" / name / "manifest.json"
+    return root / "sweeps" / safe_name(name, "sweep name") / "manifest.json"
 
 
 def write_manifest(plan: Plan, root: Path, command: str) -> Path:
@@ -54,10 +58,12 @@ def to_train(plan: Plan, root: Path, retry_failed: bool) -> list[str]:
 def train_one(plan: Plan, run_id: str, root: Path, threads: int | None,
               progress: Callable[[int, int, dict[str, float]], None] | None = None) -> str | None:
     """Train one run of the plan; returns None on success or the error message."""
-    cfg = next(r.cfg for r in plan.runs if r.run_id == run_id)
+    run = next(r for r in plan.runs if r.run_id == run_id)
     try:
-        execute(cfg, root, progress, threads)
+        execute(run.cfg, root, progress, threads, run.variant)
         return None
+    except ClaimLost:
+        raise  # not this run's failure: another worker holds it now, and this one must not write
     except Diverged as exc:
         return f"diverged: {exc}"
     except Exception as exc:  # noqa: BLE001 - one broken run must not stop the sweep
@@ -77,10 +83,15 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
     """Claim and train runs until none is left; returns how many this worker trained.
 
     A dead worker's claim is re-issued after 3 missed heartbeats ($MIRAI_LAB_HEARTBEAT_S,
-    default 30 s).
+    default 30 s). Every write into the run's folder is fenced by the claim: a worker frozen
+    past its heartbeats (its claim re-issued) that wakes stops before its next write, drops
+    the run and writes nothing more for it.
     """
 
-    heartbeat_s = int(os.environ.get("MIRAI_LAB_HEARTBEAT_S", "30"))
+    beat = os.environ.get("MIRAI_LAB_HEARTBEAT_S", "30")
+    if not beat.isdigit():
+        raise UserError(f"MIRAI_LAB_HEARTBEAT_S={beat!r}: expected a whole number of seconds >= 1")
+    heartbeat_s = int(beat)
     storage = open_storage(storage_url, root / "sweeps" / plan.name / "journal.log", heartbeat_s=heartbeat_s)
     queue = RunQueue(storage, plan.name, [r.run_id for r in plan.unique_runs],
                      lambda rid: not run_state(run_dir(root, rid)).needs_training(retry_failed),
@@ -93,7 +104,15 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
             claim.release()  # its teacher is still training elsewhere: give it back and wait
             time.sleep(2.0)
             continue
-        error = train_one(plan, claim.run_id, root, threads)
+        folder = run_dir(root, claim.run_id)
+        claim.fence(folder / CLAIM_FILE)
+        try:
+            with fenced(folder, claim.check):
+                error = train_one(plan, claim.run_id, root, threads)
+        except ClaimLost as exc:
+            print(f"warning: {exc}; leaving the run to it", file=sys.stderr, flush=True)
+            claim.release()
+            continue
         if error is None:
             claim.done()
             trained += 1
@@ -115,6 +134,34 @@ def spawn_workers(argv: list[str], n: int, threads: int, log_dir: Path) -> list[
         with open(log_dir / f"worker-{i}.log", "wb") as log:
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log))
     return procs
+
+
+def worker_problems(procs: list[subprocess.Popen], log_dir: Path) -> list[str]:
+    """One line per worker that did not exit cleanly: how it ended, and its last error line.
+
+    The last line of a killed worker's log is whatever it printed last (an Optuna warning,
+    a progress line), so only a line it printed as an error is quoted."""
+    out = []
+    for i, proc in enumerate(procs):
+        code = proc.returncode
+        if code == 0:
+            continue
+        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
+        log = log_dir / f"worker-{i}.log"
+        try:
+            errors = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.startswith("error:")]
+        except OSError:
+            errors = []
+        reason = f" ({errors[-1]})" if errors else ""
+        out.append(f"sweep worker {i} {how}{reason}, see {log}")
+    return out
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def summary(plan: Plan, root: Path) -> dict[str, int]:

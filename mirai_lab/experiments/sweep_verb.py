@@ -14,7 +14,8 @@ from rich.table import Table
 from mirai_lab.config import parse_set
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.monitor import SweepMonitor
-from mirai_lab.experiments.spec import axis_spec_path, load_plan
+from mirai_lab.experiments.queue import check_storage_url
+from mirai_lab.experiments.spec import Plan, axis_spec_path, load_plan
 from mirai_lab.experiments.sweep import (
     manifest_path,
     run_sequential,
@@ -23,25 +24,34 @@ from mirai_lab.experiments.sweep import (
     summary,
     to_train,
     worker_loop,
+    worker_problems,
     write_manifest,
 )
+from mirai_lab.runs.provenance import is_stale
+from mirai_lab.runs.store import read_json, run_dir
 
 console = Console(stderr=True)
 
 
 def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str], budget: str | None,
               seeds: int | None, workers: int, storage: str | None, retry_failed: bool, dry_run: bool,
-              root: Path, as_json: bool, as_worker: bool, argv: list[str]) -> dict[str, Any] | None:
+              root: Path, as_json: bool, as_worker: bool, argv: list[str], name: str | None = None,
+              rerun_stale: bool = False) -> dict[str, Any] | None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("sweep runs one process per run: start one sweep worker per GPU (CUDA_VISIBLE_DEVICES), "
                         "not under torchrun")
+    check_storage_url(storage, 1 if as_worker else workers)
     path = axis_spec_path(axis) if axis else Path(experiment)  # type: ignore[arg-type]
-    plan = load_plan(path, budget=budget, seeds=seeds, overrides=parse_set(set_items))
+    plan = load_plan(path, budget=budget, seeds=seeds, overrides=parse_set(set_items), name=name)
     if as_worker:
         write_manifest(plan, root, "mirai-lab " + shlex.join(argv))
         threads = int(os.environ.get("MIRAI_LAB_WORKER_THREADS", "0")) or None
         worker_loop(plan, root, storage, retry_failed, threads)
         return None
+    if not as_json:
+        for warning in plan.warnings:
+            console.print(warning, highlight=False, markup=False)
+    check_name_free(plan, root)
     st = states(plan, root)
     if dry_run:
         rows = [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "status": st[r.run_id]}
@@ -55,6 +65,8 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
             Console().print(table)
         return {"name": plan.name, "runs": rows}
     command = "mirai-lab " + shlex.join(argv)
+    if rerun_stale:
+        set_aside_stale(plan, root, console if not as_json else None)
     mpath = write_manifest(plan, root, command)
     pending = to_train(plan, root, retry_failed)
     before = summary(plan, root)
@@ -74,10 +86,13 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
             while any(p.poll() is None for p in procs):
                 monitor.refresh()
                 time.sleep(1.0)
-            failed = [i for i, p in enumerate(procs) if p.returncode != 0]
-            if failed:
-                tail = (log_dir / f"worker-{failed[0]}.log").read_text().strip().splitlines() or ["no output"]
-                raise UserError(f"sweep worker {failed[0]} failed: {tail[-1]} (see {log_dir}/worker-{failed[0]}.log)")
+            problems = worker_problems(procs, log_dir)
+            left = to_train(plan, root, retry_failed=False)
+            if problems and left:  # the survivors could not finish: the dead worker's error is the sweep's
+                raise UserError(f"{problems[0]}; {len(left)} run(s) left unfinished")
+            for problem in problems:  # the others took its runs over: the sweep succeeded
+                console.print(f"warning: {problem}; the other workers finished its runs", highlight=False,
+                              markup=False)
         elif storage is not None:
             worker_loop(plan, root, storage, retry_failed, None)
         else:
@@ -89,3 +104,35 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
     if not as_json:
         console.print(line, highlight=False)
     return {"name": plan.name, "trained": trained, **after, "manifest": str(manifest_path(root, plan.name))}
+
+
+def check_name_free(plan: Plan, root: Path) -> None:
+    """Refuse to put a different sweep under an existing sweep's name.
+
+    The same plan, or one that only adds runs (more seeds: the adaptive-seed rounds), may
+    reuse the name; a plan that drops or changes runs would silently replace the manifest a
+    report was made from."""
+    path = manifest_path(root, plan.name)
+    if not path.exists():
+        return
+    try:
+        old = {(r["run_id"], r["variant"], r["seed"]) for r in read_json(path)["runs"]}
+    except (ValueError, KeyError, TypeError):
+        return  # an unreadable manifest holds nothing to protect; write_manifest replaces it
+    new = {(r.run_id, r.variant, r.seed) for r in plan.runs}
+    if not old <= new:
+        raise UserError(f"sweep {plan.name!r} already exists with a different plan ({len(old - new)} of its "
+                        f"{len(old)} runs are not in this one): pass --name NEW, or delete {path.parent}")
+
+
+def set_aside_stale(plan: Plan, root: Path, out: Console | None) -> list[str]:
+    """Move runs computed by another code version (provenance) to <results>/stale/, so they train again."""
+    stale = [r.run_id for r in plan.unique_runs if is_stale(root, r.run_id)]
+    for run_id in stale:
+        target = root / "stale" / f"{run_id}-{int(time.time())}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        run_dir(root, run_id).rename(target)
+    if out is not None and stale:
+        out.print(f"sweep {plan.name}: {len(stale)} stale run(s) moved to {root / 'stale'}; training them again",
+                  highlight=False)
+    return stale

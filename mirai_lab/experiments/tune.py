@@ -3,7 +3,7 @@
 Each trial is an ordinary content-addressed run, so a trial that repeats a finished config
 costs nothing. Intermediate values (the objective at every eval point) go to the pruner;
 a pruned run keeps its checkpoint and is marked `pruned`. The best trial is exported as a
-train spec under experiments/tuned/ that `mirai-lab train` accepts as it is.
+train spec under <results>/tuned/ (or --out) that `mirai-lab train` accepts as it is.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mirai_lab.config import RunConfig, build_config, flatten
+from mirai_lab.config import build_config, check_budget, flatten
 from mirai_lab.errors import UserError
-from mirai_lab.experiments.queue import open_storage
+from mirai_lab.experiments.queue import check_storage_url, open_storage
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.state import RunState, run_state, set_status
-from mirai_lab.runs.store import run_dir, write_text
-from mirai_lab.training.trainer import Diverged, Trainer
+from mirai_lab.runs.store import run_dir, safe_name, write_text
+from mirai_lab.training.trainer import Diverged, ProgressFn, Trainer
 
 SOURCES = {
     "ema": {"foresight.source": "ema", "foresight.k": 3, "foresight.layout": "2d"},
@@ -56,6 +58,12 @@ class TuneOptions:
             raise UserError(f"--pruner {self.pruner!r}: expected one of {', '.join(PRUNERS)}")
         if self.trials < 1:
             raise UserError(f"--trials {self.trials}: expected >= 1")
+        # everything a study needs is checked before its database is created
+        check_budget(self.budget, "--budget")
+        if self.study:
+            safe_name(self.study, "--study")  # it names a file under <results>/studies
+        check_storage_url(self.storage)
+        build_config(None, dict(SOURCES[self.source], **(self.base or {})), self.budget)
 
 
 def suggest(trial: optuna.Trial, opts: TuneOptions, n_layer: int) -> dict[str, Any]:
@@ -95,7 +103,8 @@ def open_study(opts: TuneOptions, root: Path) -> optuna.Study:
                                sampler=optuna.samplers.TPESampler(seed=0))
 
 
-def objective_fn(opts: TuneOptions, root: Path) -> Any:
+def objective_fn(opts: TuneOptions, root: Path, progress: ProgressFn | None = None) -> Any:
+    """The study's objective; `progress(step, total, row)` sees every evaluation of the running trial."""
     probe = build_config(None, dict(SOURCES[opts.source], **(opts.base or {})), opts.budget)
     if opts.objective == "fid_domain" and not probe.eval.metrics:
         raise UserError("--objective fid_domain needs eval.metrics=true (or use --objective val_nll)")
@@ -107,6 +116,8 @@ def objective_fn(opts: TuneOptions, root: Path) -> Any:
         trial.set_user_attr("run_id", run_id)
 
         def report(step: int, total: int, row: dict[str, float]) -> None:
+            if progress is not None:
+                progress(step, total, row)
             if opts.objective in row:
                 trial.report(row[opts.objective], step)
                 if trial.should_prune():
@@ -128,23 +139,26 @@ def objective_fn(opts: TuneOptions, root: Path) -> Any:
 
 
 def export_best(study: optuna.Study, opts: TuneOptions, out_dir: Path) -> Path:
-    """Write the best trial as a train spec (TOML tables) that `mirai-lab train` accepts."""
+    """Write the best trial as a train spec that `mirai-lab train` accepts.
+
+    The spec holds what the user chose and what the study searched, nothing the budget
+    resolved (a projector width, a block index), so it means the same under every budget:
+    `train tuned.toml --budget quick` trains the tuned model at the quick length."""
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise UserError(f"study {study.study_name!r} has no completed trial to export")
     best = min(complete, key=lambda t: t.value)
-    over = dict(SOURCES[opts.source], **(opts.base or {}))
-    over.update(_params_to_overrides(best.params))
-    cfg: RunConfig = build_config(None, over, opts.budget)
+    chosen = {**SOURCES[opts.source], **(opts.base or {}), **_params_to_overrides(best.params)}
+    chosen.pop("budget", None)
+    resolved = flatten(build_config(None, chosen, opts.budget).to_dict())  # the values, coerced to their types
     lines = [f"# Best trial {best.number} of study {study.study_name!r}: {opts.objective} = {best.value:.6g}",
              f"# made by: mirai-lab tune --source {opts.source} --budget {opts.budget} --study {opts.study}",
+             "# the source's settings, your --set values and the searched values only; the budget is a default",
              f'budget = "{opts.budget}"']
-    chosen, defaults = flatten(cfg.to_dict()), flatten(build_config(None, {}, opts.budget).to_dict())
     sections: dict[str, list[str]] = {}
-    for key, value in chosen.items():
-        if "." in key and defaults.get(key) != value:
-            section, name = key.split(".", 1)
-            sections.setdefault(section, []).append(f"{name} = {json.dumps(value)}")
+    for key in sorted(chosen):
+        section, name = key.split(".", 1)
+        sections.setdefault(section, []).append(f"{name} = {json.dumps(resolved[key])}")
     for section, entries in sections.items():
         lines += ["", f"[{section}]", *entries]
     path = out_dir / f"{opts.study}.toml"
@@ -165,15 +179,35 @@ def _params_to_overrides(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_tune(opts: TuneOptions, root: Path, out_dir: Path) -> dict[str, Any]:
+def run_tune(opts: TuneOptions, root: Path, out_dir: Path | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run the study's missing trials with a live bar (trials, the current trial's steps, the best
+    value so far), then export the best; `out_dir` defaults to <results>/tuned."""
     opts.validate()
     opts.study = opts.study or f"tune-{opts.source}-{opts.budget}"
     study = open_study(opts, root)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     done = len([t for t in study.trials if t.state.is_finished()])
-    study.optimize(objective_fn(opts, root), n_trials=max(0, opts.trials - done), catch=())
+    todo = max(0, opts.trials - done)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=Console(stderr=True), disable=quiet, transient=True) as bar:
+        trials = bar.add_task(f"study {opts.study}", total=todo, info=f"{done} trials already finished")
+        steps = bar.add_task("trial", total=None, info="")
+
+        def on_eval(step: int, total: int, row: dict[str, float]) -> None:
+            shown = f"{opts.objective} {row[opts.objective]:.4g}" if opts.objective in row else ""
+            bar.update(steps, completed=step, total=total, info=shown)
+
+        def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            value = "" if trial.value is None else f" {trial.value:.4g}"
+            best = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            bar.update(trials, advance=1, info=f"trial {trial.number} {trial.state.name.lower()}{value}; best "
+                       + (f"{min(best):.4g}" if best else "none yet"))
+            bar.update(steps, description=f"trial {trial.number + 1}", completed=0, info="")
+
+        study.optimize(objective_fn(opts, root, on_eval), n_trials=todo, catch=(), callbacks=[on_trial])
     states = [t.state.name.lower() for t in study.trials]
-    path = export_best(study, opts, out_dir)
+    path = export_best(study, opts, out_dir or root / "tuned")
     return {"study": opts.study, "trials": len(states), "complete": states.count("complete"),
             "pruned": states.count("pruned"), "best_value": study.best_value, "best_params": study.best_params,
             "spec": str(path)}

@@ -4,9 +4,10 @@ Loading: only from local files, never a download. `weights` is DINOv2's state-di
 (e.g. `dinov2_vitb14_pretrain.pth`) or a directory holding exactly one such file; the
 architecture comes from a torch.hub directory with `hubconf.py` (a clone of
 facebookresearch/dinov2), built with `torch.hub.load(hub, model, source="local",
-pretrained=False)`. The hub directory is `hub`, else the weights' directory when it holds a
-hubconf.py, else torch.hub's cache of the dinov2 repository. Only code in that directory
-runs: it is the user's own clone.
+pretrained=False)`. The hub directory is `hub`, else torch.hub's cache of the dinov2
+repository (where `torch.hub.load("facebookresearch/dinov2", ...)` put it). A weights
+folder is data: a `hubconf.py` lying beside the weights is never run unless that folder is
+named as `hub`, since a downloaded folder would otherwise become code.
 
 Crops (the same pixels the codes came from): image i of the code folder is image
 i mod N_images of the ImageFolder-ordered `images` directory (LlamaGen's order; the modulo
@@ -18,8 +19,12 @@ to `image_size`, so crop index a is:
 with n_aug = 2 (no --ten-crop): 0 the centre crop at `image_size`, 1 its mirror image.
 Each crop is resized (bicubic) to grid * patch_size pixels (224 for a 16x16 grid and
 ViT-B/14), so DINOv2 resamples its position embedding to exactly the token grid and patch
-(r, c) covers token cell (r, c). The target is the final normed patch token
-(`forward_features(x)["x_norm_patchtokens"]`), stored in fp16.
+(r, c) covers token cell (r, c). By default (`resize="interpolate"`) the resize is the
+official Mirai/REPA code's: the normalised float crop through F.interpolate(mode="bicubic"),
+without antialiasing; `resize="pil"` resizes the 8-bit crop with PIL's (antialiased) bicubic
+filter instead. The choice is recorded in the manifest, so the two never mix in one folder.
+The target is the final normed patch token (`forward_features(x)["x_norm_patchtokens"]`),
+stored in fp16.
 
 Storage: `out/shard-00000.npy ...`, each (n, n_aug, G, d) fp16 for a contiguous range of
 code indices, plus `manifest.json`. Every file is written atomically and a finished shard
@@ -36,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torchvision.datasets import ImageFolder
@@ -50,6 +56,7 @@ from mirai_lab.runs.store import CorruptFile, atomic_path, load_tensors, read_js
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's input normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MANIFEST = "manifest.json"
+RESIZE_MODES = ("interpolate", "pil")
 FORMAT_VERSION = 1
 
 
@@ -69,13 +76,15 @@ def resolve_weights(weights: str | Path) -> Path:
 
 
 def _hub_dir(weights_file: Path, hub: str | Path | None) -> Path:
-    hub_cache = Path(torch.hub.get_dir()) / "facebookresearch_dinov2_main"
-    candidates = [Path(hub)] if hub else [weights_file.parent, hub_cache]
-    for candidate in candidates:
-        if (candidate / "hubconf.py").is_file():
-            return candidate
-    raise UserError(f"no DINOv2 hub directory with hubconf.py at {', '.join(repr(str(c)) for c in candidates)}: "
-                    "pass a local clone of facebookresearch/dinov2 as the hub directory")
+    """The directory whose hubconf.py builds the model: the one the user named, else torch.hub's
+    own cache; never the weights' folder by itself (see the module docstring)."""
+    candidate = Path(hub) if hub else Path(torch.hub.get_dir()) / "facebookresearch_dinov2_main"
+    if (candidate / "hubconf.py").is_file():
+        return candidate
+    beside = " (the hubconf.py beside the weights is not run unless you name its folder)" if (
+        weights_file.parent / "hubconf.py").is_file() and not hub else ""
+    raise UserError(f"no DINOv2 hub directory with hubconf.py at {str(candidate)!r}{beside}: pass a local clone "
+                    "of facebookresearch/dinov2 with --hub DIR")
 
 
 def file_sha256(path: Path) -> str:
@@ -136,9 +145,10 @@ class _CropSet(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: list[tuple[str, int]], labels_dir: Path, indices: range, image_size: int, n_aug: int,
-                 crop_range: float, input_size: int) -> None:
+                 crop_range: float, input_size: int, resize: str = "interpolate") -> None:
         self.samples, self.labels_dir, self.indices = samples, labels_dir, indices
         self.image_size, self.n_aug, self.crop_range, self.input_size = image_size, n_aug, crop_range, input_size
+        self.resize = resize  # "pil" resizes here; "interpolate" leaves it to the batch (resize_crops)
         self.mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
         self.std = np.asarray(IMAGENET_STD, dtype=np.float32)
 
@@ -151,7 +161,9 @@ class _CropSet(torch.utils.data.Dataset):
         with Image.open(path) as img:
             crops = crop_views(img.convert("RGB"), self.image_size, self.n_aug, self.crop_range)
         size = (self.input_size, self.input_size)
-        pixels = np.stack([np.asarray(c.resize(size, resample=Image.BICUBIC), dtype=np.float32) for c in crops]) / 255
+        if self.resize == "pil":
+            crops = [c.resize(size, resample=Image.BICUBIC) for c in crops]
+        pixels = np.stack([np.asarray(c, dtype=np.float32) for c in crops]) / 255
         normed = ((pixels - self.mean) / self.std).transpose(0, 3, 1, 2)  # (n_aug, 3, S, S)
         label = int(np.load(self.labels_dir / f"{i}.npy").reshape(()))
         return i, label, target, torch.from_numpy(np.ascontiguousarray(normed))
@@ -172,7 +184,7 @@ def _image_samples(images: str | Path) -> list[tuple[str, int]]:
 def prepare_dinov2(weights: str, images: str, codes: str, out: str, grid: int | None = None, *,
                    hub: str | None = None, model: str = "dinov2_vitb14", image_size: int | None = None,
                    crop_range: float = 1.1, shard_size: int = 4096, batch_size: int = 32, workers: int = 8,
-                   device: str | None = None) -> dict[str, Any]:
+                   device: str | None = None, resize: str = "interpolate") -> dict[str, Any]:
     """Extract DINOv2 patch features of every crop of every code-folder image into `out`.
 
     `grid` is the token grid side (default: the square root of the codes' length);
@@ -180,6 +192,8 @@ def prepare_dinov2(weights: str, images: str, codes: str, out: str, grid: int | 
     downsampling); `crop_range` LlamaGen's --crop-range. Resumable: finished shards are kept.
     Returns a summary (counts, shapes, seconds) for the CLI to print.
     """
+    if resize not in RESIZE_MODES:
+        raise UserError(f"resize={resize!r}: expected one of {', '.join(RESIZE_MODES)}")
     t0 = time.perf_counter()
     codes_dir, labels_dir = find_code_dirs(codes)
     n_codes = len(numbered_files(codes_dir))
@@ -201,7 +215,7 @@ def prepare_dinov2(weights: str, images: str, codes: str, out: str, grid: int | 
     settings = {"version": FORMAT_VERSION, "encoder": "dinov2", "model": model, "weights": str(weights_file),
                 "weights_sha256": file_sha256(weights_file), "codes": str(codes_dir), "n_images": n_codes,
                 "n_aug": n_aug, "grid": [side, side], "image_size": size, "crop_range": crop_range,
-                "input_size": side * patch, "shard_size": shard_size}
+                "input_size": side * patch, "shard_size": shard_size, "resize": resize}
     out_dir = Path(out)
     manifest_path = out_dir / MANIFEST
     shards = [(start, min(n_codes, start + shard_size)) for start in range(0, n_codes, shard_size)]
@@ -219,12 +233,12 @@ def prepare_dinov2(weights: str, images: str, codes: str, out: str, grid: int | 
     write_json(manifest_path, {**settings, "complete": False})  # before any shard: shards never lack settings
     for k in todo:
         start, stop = shards[k]
-        dataset = _CropSet(samples, labels_dir, range(start, stop), size, n_aug, crop_range, side * patch)
+        dataset = _CropSet(samples, labels_dir, range(start, stop), size, n_aug, crop_range, side * patch, resize)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
         with atomic_path(out_dir / names[k]) as tmp:  # written in place on disk: a shard can exceed the RAM
             table = None
             for batch in loader:
-                feats = _batch_features(net, batch, samples, labels_dir, g, dev)
+                feats = _batch_features(net, batch, samples, labels_dir, g, dev, side * patch)
                 if table is None:
                     table = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
                                                       shape=(stop - start, *feats.shape[1:]))
@@ -238,8 +252,16 @@ def prepare_dinov2(weights: str, images: str, codes: str, out: str, grid: int | 
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def resize_crops(pixels: torch.Tensor, input_size: int) -> torch.Tensor:
+    """(B, 3, S, S) normalised crops -> input_size, as the official code does it: float bicubic
+    F.interpolate, no antialiasing. Crops already at input_size (the PIL path) pass unchanged."""
+    if pixels.shape[-1] == input_size and pixels.shape[-2] == input_size:
+        return pixels
+    return F.interpolate(pixels, size=(input_size, input_size), mode="bicubic", align_corners=False, antialias=False)
+
+
 def _batch_features(net: nn.Module, batch: list, samples: list[tuple[str, int]], labels_dir: Path, g: int,
-                    dev: torch.device) -> np.ndarray:
+                    dev: torch.device, input_size: int) -> np.ndarray:
     """(B, n_aug, G, d) fp16 features of one loader batch, after checking its labels against the classes."""
     index, label, target, pixels = batch
     bad = (label != target).nonzero()
@@ -250,7 +272,7 @@ def _batch_features(net: nn.Module, batch: list, samples: list[tuple[str, int]],
                         f"{samples[i % len(samples)][0]!r}: expected the images the codes were extracted from")
     b, n_aug = pixels.shape[:2]
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        feats = net.forward_features(pixels.flatten(0, 1).to(dev))["x_norm_patchtokens"]
+        feats = net.forward_features(resize_crops(pixels.flatten(0, 1).to(dev), input_size))["x_norm_patchtokens"]
     if feats.shape[1] != g:
         raise UserError(f"DINOv2 gave {feats.shape[1]} patches per {pixels.shape[-1]}px crop: expected {g} "
                         f"(the token grid); check grid and the model's patch size")

@@ -24,17 +24,20 @@ from mirai_lab.data.types import TokenData
 from mirai_lab.errors import UserError
 from mirai_lab.foresight.dinov2 import FeatureShards, load_dinov2_features
 from mirai_lab.model.gpt import GPTShape, RMSNorm, TransformerBlock, rope_2d
-from mirai_lab.runs.store import CorruptFile, cache_lock, content_hash, load_tensors, save_tensors
+from mirai_lab.runs.cache import load_or_build
+from mirai_lab.runs.store import CorruptFile, content_hash, load_tensors, save_tensors
 
 ENCODER_SETTINGS = {"n_layer": 4, "dim": 128, "n_head": 4, "batch_size": 64, "lr": 1e-3,
-                    "mask_min": 0.15, "mask_max": 0.75, "seed": 0, "version": 1}
+                    "mask_min": 0.15, "mask_max": 0.75, "seed": 0, "version": 2}
 
 
-def visibility_mask(grid: tuple[int, int], visibility: str) -> torch.Tensor | None:
-    """(N, N) bool, True where cell i may attend to cell j; None for full visibility."""
-    if visibility == "full":
-        return None
+def visibility_mask(grid: tuple[int, int], visibility: str) -> torch.Tensor:
+    """(N, N) bool, True where cell i may attend to cell j: cells up to `visibility` rows below
+    its own, or every cell for `full`. Always an explicit mask: the GPT's attention treats a
+    missing mask as causal, which would silently make a "bidirectional" encoder causal."""
     h, w = grid
+    if visibility == "full":
+        return torch.ones(h * w, h * w, dtype=torch.bool)
     rows = torch.arange(h * w) // w
     return rows[None, :] <= rows[:, None] + int(visibility)
 
@@ -42,7 +45,7 @@ def visibility_mask(grid: tuple[int, int], visibility: str) -> torch.Tensor | No
 class BidirectionalEncoder(nn.Module):
     """Pre-norm transformer over the grid (2D RoPE, no class token), masked-input trained."""
 
-    def __init__(self, kind: str, grid: tuple[int, int], in_dim: int, out_dim: int, mask: torch.Tensor | None,
+    def __init__(self, kind: str, grid: tuple[int, int], in_dim: int, out_dim: int, mask: torch.Tensor,
                  n_layer: int, dim: int, n_head: int) -> None:
         super().__init__()
         self.kind = kind
@@ -114,18 +117,21 @@ def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path, f
         return load_dinov2_features(features_dir, data, weights)
     settings = dict(ENCODER_SETTINGS, kind=kind, visibility=visibility, data=data.key, steps=steps)
     key = content_hash(settings)
-    path = cache / f"features-{kind}-{key}.pt"
-    with cache_lock(path):
-        if path.exists():
-            try:
-                return load_tensors(path)["features"]
-            except (CorruptFile, KeyError):
-                path.unlink(missing_ok=True)
-        with torch.random.fork_rng():  # keep the caller's RNG stream untouched
+
+    def load(path: Path) -> torch.Tensor:
+        feats = load_tensors(path, checked=True)["features"]
+        if feats.ndim != 3 or feats.shape[:2] != (len(data.codes), data.grid[0] * data.grid[1]):
+            raise CorruptFile(f"{path}: features of shape {tuple(feats.shape)} do not fit the {len(data.codes)} "
+                              f"images of {data.grid[0]}x{data.grid[1]} cells")
+        return feats
+
+    def build() -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):  # encoder training seeds torch's CPU RNG: keep the caller's
             enc = _train_encoder(kind, data, visibility, settings)
-            all_idx = torch.arange(len(data.codes))
-            with torch.no_grad():
-                feats = torch.cat([enc.features(_inputs(kind, data, all_idx[i : i + 500])).half()
-                                   for i in range(0, len(all_idx), 500)])
-        save_tensors(path, {"features": feats})
-    return feats
+        all_idx = torch.arange(len(data.codes))
+        with torch.no_grad():
+            return torch.cat([enc.features(_inputs(kind, data, all_idx[i : i + 500])).half()
+                              for i in range(0, len(all_idx), 500)])
+
+    return load_or_build(cache / f"features-{kind}-{key}.pt", load, build,
+                         lambda path, feats: save_tensors(path, {"features": feats}))

@@ -6,6 +6,11 @@ out. In `2d` layouts a cell past the last column is off the grid (the official c
 it into the next row and assumes a 16-wide grid; we do neither). In `1d` the raster
 sequence itself is the layout, so n+1 after the end of a row is the first cell of the next
 row, exactly the token the model reads next; only targets past the last token are masked.
+
+Head order in 2D: the cells of the 3x3 block down-right of n come in the official code's
+order (flat offsets 0, 1, 16, 17, 2, 18, 34, 33, 32 on its 16-wide grid), so head k here is
+head k there and a per-head coefficient list ports as it is; cells beyond the block follow,
+nearest first.
 """
 
 from __future__ import annotations
@@ -27,12 +32,18 @@ class Layout:
     valid: torch.Tensor  # (N, K) bool
 
 
+# (d_row, d_col) of the official code's K = 9 heads; its K = 1, 3, 4 are the prefixes of this list
+OFFICIAL_BLOCK_ORDER = ((0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0))
+
+
 def grid_offsets(k: int, allow_down_left: bool) -> list[tuple[int, int]]:
     """The k nearest cells (Euclidean) among those down-right of (0, 0), self included.
 
     With `allow_down_left` the candidates are every cell after (0, 0) in raster order that
-    is in the same row to the right or in a row below (any column). Ties are broken right
-    before down: smaller row offset first, then the larger column offset.
+    is in the same row to the right or in a row below (any column). Which cells: the nearest,
+    ties broken right before down (smaller row offset first, then the larger column offset).
+    In which head order: cells of the 3x3 down-right block in OFFICIAL_BLOCK_ORDER, then the
+    others in that nearest-first order.
     """
     radius = k  # a k-nearest set never reaches further than k cells in either direction
     candidates = [
@@ -42,7 +53,21 @@ def grid_offsets(k: int, allow_down_left: bool) -> list[tuple[int, int]]:
         if (dr > 0 or dc >= 0)
     ]
     candidates.sort(key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0], -o[1]))
-    return candidates[:k]
+    chosen = candidates[:k]
+    rank = {o: i for i, o in enumerate(OFFICIAL_BLOCK_ORDER)}
+    return sorted(chosen, key=lambda o: (0, rank[o]) if o in rank else (1, chosen.index(o)))
+
+
+def head_offsets(name: str, k: int) -> tuple[tuple[int, int], ...]:
+    """The (d_row, d_col) of each head: what a layout name and K mean, whatever the grid.
+
+    Two configs whose layouts give the same offsets train the same model (spec validation
+    warns about such duplicate variants)."""
+    if name == "1d":
+        return tuple((0, j) for j in range(k))
+    if name in ("2d", "2d-wide"):
+        return tuple(grid_offsets(k, allow_down_left=name == "2d-wide"))
+    raise UserError(f"foresight.layout={name!r}: expected 1d, 2d or 2d-wide")
 
 
 def build_layout(name: str, k: int, grid: tuple[int, int]) -> Layout:
@@ -54,24 +79,21 @@ def build_layout(name: str, k: int, grid: tuple[int, int]) -> Layout:
         raise UserError(f"foresight.k={k}: the {h}x{w} grid has only {n} cells")
     rows = torch.arange(n) // w
     cols = torch.arange(n) % w
+    offsets = head_offsets(name, k)
     if name == "1d":
-        offsets = [(0, j) for j in range(k)]
         cells = torch.arange(n)[:, None] + torch.arange(k)[None, :]
         valid = cells < n
-    elif name in ("2d", "2d-wide"):
-        offsets = grid_offsets(k, allow_down_left=name == "2d-wide")
+    else:
         dr = torch.tensor([o[0] for o in offsets])
         dc = torch.tensor([o[1] for o in offsets])
         r = rows[:, None] + dr[None, :]
         c = cols[:, None] + dc[None, :]
         valid = (r < h) & (c >= 0) & (c < w)
         cells = r * w + c
-    else:
-        raise UserError(f"foresight.layout={name!r}: expected 1d, 2d or 2d-wide")
     if not valid.any(dim=0).all():
         raise UserError(f"foresight.k={k} with layout {name}: some head never has a target on the {h}x{w} grid")
     cells = torch.where(valid, cells, torch.zeros_like(cells))
-    return Layout(name, tuple(offsets), cells.long(), valid)
+    return Layout(name, offsets, cells.long(), valid)
 
 
 def student_positions(align_index: str, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ run without gradient and in eval mode (no dropout, no class dropout).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -35,9 +36,11 @@ class TeacherSource(TargetSource):
         self.block = block
         self.dim = teacher.shape.dim
 
-    @torch.no_grad()
+    @torch.inference_mode()  # cheaper than no_grad (no version counters); the targets are constants
     def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                 crop: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual stream after `block` at the positions that have read a cell (1..N); the
+        blocks above it never run."""
         was_training = self.teacher.training
         self.teacher.eval()
         _, hidden = self.teacher(tokens, labels, hidden_blocks=(self.block,), stop_after=self.block)
@@ -52,14 +55,16 @@ class FeatureTableSource(TargetSource):
     """
 
     def __init__(self, features: torch.Tensor) -> None:
-        self.features = features
+        self.features = features  # a tensor, or FeatureShards (memory-mapped DINOv2 shards)
         self.dim = int(features.shape[-1])
 
     def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                 crop: torch.Tensor | None = None) -> torch.Tensor:
         if self.features.ndim == 4:
-            return self.features[index, crop if crop is not None else torch.zeros_like(index)].float()
-        return self.features[index].float()
+            rows = self.features[index, crop if crop is not None else torch.zeros_like(index)]
+        else:
+            rows = self.features.index_select(0, index)  # one gather; cheaper than advanced indexing
+        return rows.float().detach()  # targets are constants: no gradient may reach the table
 
 
 def resolve_checkpoint(ref: str, results: Path) -> Path:
@@ -89,17 +94,28 @@ def load_checked_state(module: torch.nn.Module, state: dict, where: str) -> None
     module.load_state_dict(state)
 
 
+NULL_CLASS_KEY = "cls_embedding.embedding_table.weight"
+
+
 def load_gpt_weights(model: GPT, path: Path, prefer_ema: bool = True) -> None:
     """Load a LlamaGen-layout checkpoint ({"model": sd[, "ema": sd]}) into `model`.
 
     The EMA entry is taken when present and preferred (LlamaGen's released weights and ours
-    keep it there). Missing or mismatched keys are named in the error.
+    keep it there). LlamaGen's *training* checkpoints also hold "optimizer", "steps" and
+    "args", an argparse.Namespace: that one class is admitted to the weights-only unpickler,
+    nothing else. A class table without the null row (trained with class_dropout_prob=0)
+    turns the model's table into one without it. Missing or mismatched keys are named in the
+    error.
     """
     try:
-        blob = load_tensors(path)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            blob = load_tensors(path)
     except CorruptFile as exc:
         raise UserError(str(exc)) from None
     if not isinstance(blob, dict) or not ({"model", "ema"} & set(blob)):
         raise UserError(f"{path}: expected a LlamaGen-layout checkpoint with a 'model' (or 'ema') entry")
     state = blob["ema"] if prefer_ema and "ema" in blob else blob["model"]
+    table = state.get(NULL_CLASS_KEY) if isinstance(state, dict) else None
+    if table is not None and model.cls_embedding.null_row and table.shape[0] == model.shape.num_classes:
+        model.drop_null_class()
     load_checked_state(model, state, str(path))

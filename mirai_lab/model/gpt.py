@@ -5,7 +5,8 @@ handling and the same state-dict names and shapes, so a LlamaGen checkpoint load
 Two LlamaGen conventions are kept on purpose because checkpoints depend on them:
 - the class token occupies sequence position 0 and its rotary factors are zero, which
   zeroes its query and key (it still contributes its value to every position);
-- the class table has one extra row, the null class used for class dropout and CFG.
+- the class table has one extra row, the null class used for class dropout and CFG (a
+  checkpoint trained without class dropout has none; `drop_null_class` loads it).
 Foresight needs the residual stream after any block, so `forward` can return it and stop
 early (a teacher that only needs block l_t never runs the blocks above it).
 """
@@ -78,7 +79,8 @@ class Dropout(nn.Module):
     16-bit draws. On CPU, `bernoulli_` masks cost a sixth of the training step; this is
     about 4x cheaper (benchmarks/ops). The rate is quantised to 1/65536 (0.1 -> 0.100006)
     and the scale uses the quantised rate, so the output stays unbiased. Draws come from
-    torch's default generator, which checkpoints save, so resume stays exact."""
+    `generator` when the trainer set one (its keyed dropout stream, training/rng.py), else
+    from torch's default generator."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -86,12 +88,14 @@ class Dropout(nn.Module):
         self.p = self.drop_count / 65536  # the rate actually applied
         self.threshold = self.drop_count - 32768
         self.scale = 65536 / (65536 - self.drop_count) if self.drop_count < 65536 else 0.0
+        self.generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drop_count == 0:
             return x
         n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None,
+                                                                                     generator=self.generator)
         keep = words.view(torch.int16)[:n].view(x.shape) >= self.threshold
         return x * (keep * self.scale).to(x.dtype)
 
@@ -168,17 +172,23 @@ class TransformerBlock(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Class table with a trailing null row; class dropout replaces labels by the null row."""
+    """Class table with a trailing null row; class dropout replaces labels by the null row,
+    drawn from `generator` when the trainer set one (else torch's default generator).
 
-    def __init__(self, num_classes: int, dim: int, dropout: float) -> None:
+    A LlamaGen model trained with class_dropout_prob=0 has no null row (`null_row=False`):
+    it never drops a class and cannot be guided (sampling refuses CFG for it)."""
+
+    def __init__(self, num_classes: int, dim: int, dropout: float, null_row: bool = True) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.dropout = dropout
-        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+        self.null_row = null_row
+        self.embedding_table = nn.Embedding(num_classes + int(null_row), dim)
+        self.generator: torch.Generator | None = None
 
     def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
-        if train and self.dropout > 0:
-            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout
+        if train and self.dropout > 0 and self.null_row:
+            drop = torch.rand(labels.shape[0], device=labels.device, generator=self.generator) < self.dropout
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels)
 
@@ -243,6 +253,22 @@ class GPT(nn.Module):
         s = self.shape
         p = self.tok_embeddings.weight
         return KVCache(s.n_layer, batch, s.n_head, s.dim // s.n_head, 1 + s.n_tokens, p.dtype, p.device)
+
+    def use_generators(self, dropout: torch.Generator, class_dropout: torch.Generator) -> None:
+        """Draw every dropout mask and the class dropout from these generators (the trainer's keyed
+        streams), so that no other user of torch's default generator can shift them."""
+        for module in self.modules():
+            if isinstance(module, Dropout):
+                module.generator = dropout
+        self.cls_embedding.generator = class_dropout
+
+    def drop_null_class(self) -> None:
+        """Rebuild the class table without the null row, to load a checkpoint trained without one."""
+        old = self.cls_embedding
+        table = old.embedding_table.weight
+        self.cls_embedding = LabelEmbedder(old.num_classes, table.shape[1], old.dropout, null_row=False).to(
+            device=table.device, dtype=table.dtype)
+        self.cls_embedding.generator = old.generator
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

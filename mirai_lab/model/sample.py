@@ -1,5 +1,8 @@
 """Class-conditional sampling: KV cache, classifier-free guidance, temperature, top-k/top-p.
 
+CFG follows LlamaGen (autoregressive/models/generate.py in FoundationVision/LlamaGen): the
+[cond; null] batch and the guided mix are used only for a scale above 1.
+
 Sampling draws from its own `torch.Generator`, so evaluating in the middle of training
 never moves the training RNG (exact resume depends on that).
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from mirai_lab.errors import UserError
 from mirai_lab.model.gpt import GPT
 
 
@@ -44,11 +48,17 @@ def sample_tokens(
     use_cache: bool = True,
 ) -> torch.Tensor:
     """Draw (B, N) token grids. `use_cache=False` recomputes the whole prefix each step
-    (the reference the cache is tested and benchmarked against)."""
+    (the reference the cache is tested and benchmarked against).
+
+    Guidance as in LlamaGen's generate(): applied only when cfg_scale > 1; a scale <= 1
+    samples the conditional model alone. A model without a null-class row cannot be guided."""
+    guided = cfg_scale > 1.0
+    if guided and not model.cls_embedding.null_row:
+        raise UserError(f"cfg scale {cfg_scale}: this model has no null-class row (trained without class "
+                        "dropout), so it cannot be guided; expected a scale <= 1 (--cfg 1)")
     was_training = model.training
     model.eval()
     n = model.shape.n_tokens
-    guided = cfg_scale != 1.0
     cond = torch.cat([labels, torch.full_like(labels, model.shape.num_classes)]) if guided else labels
     out = torch.empty(labels.shape[0], n, dtype=torch.long, device=labels.device)
     cache = model.new_cache(cond.shape[0]) if use_cache else None

@@ -1,160 +1,68 @@
-"""Finished sweeps -> tables (md, csv, tex), figures and a report.md that ties them together.
+"""Finished sweeps -> tables (md, csv, tex), figures, tidy CSVs and a report.md that ties them together.
 
 The report states only what the files say: every number comes from a run's final.json or
 curve.csv, a missing one is shown as "n/a", runs that failed or did not finish are listed,
-and the "reading" lines are generated from the paired intervals, never written by hand.
-The statistics live in `report_tables`, the plots in `report_figures`.
+and the verdicts, the noise-and-power paragraph and the "reading" lines are generated from
+the statistics (report/stats.py), never written by hand.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from mirai_lab.errors import UserError
-from mirai_lab.report.figures import montage, plot_bars, plot_curves
+from mirai_lab.report.collect import done, frames, load_adaptive, load_manifests
+from mirai_lab.report.figures import montage, plot_curves, plot_differences, plot_finals
+from mirai_lab.report.orderings import check_orderings
+from mirai_lab.report.stats import COMPARED, LEVEL, MARGINS, seeds_needed
 from mirai_lab.report.tables import (
-    COMPARED,
     METRICS,
     build_table,
     display_table,
     format_interval,
     format_speedup,
     format_stat,
+    format_verdict,
+    latex_columns,
+    level_text,
     num,
-    paired_interval,
-    steps_to_reach,
     to_latex,
     to_markdown,
 )
-from mirai_lab.runs.state import run_state
-from mirai_lab.runs.store import read_json, run_dir, write_text
-
-__all__ = ["collect", "load_manifests", "paired_interval", "steps_to_reach", "write_report"]
+from mirai_lab.runs.state import RunState
+from mirai_lab.runs.store import write_text
 
 FLOORS = {"real_vs_real": "real vs real (two real sets of this size)",
           "tokenizer_ceiling": "tokenizer ceiling (reconstructions vs real)",
           "real_vs_noise": "real vs noise (the worst end)"}
-CURVE_COLUMNS = ["run_id", "step", "images_seen", "wall_s", "metric", "value"]
+RUN_KEYS = ["sweep", "label", "variant", "seed", "run_id", "state"]
 
 
-def _sweeps_dir(results: Path) -> Path:
-    return Path(results) / "sweeps"
-
-
-def load_manifests(results: Path, sweeps: list[str]) -> dict[str, dict[str, Any]]:
-    """The manifests of the named sweeps, in the order given; a missing one is a one-line UserError."""
-    if not sweeps:
-        raise UserError("no sweep named: give at least one sweep to report")
-    manifests = {}
-    for name in sweeps:
-        path = _sweeps_dir(results) / name / "manifest.json"
-        if not path.exists():
-            found = sorted(p.parent.name for p in _sweeps_dir(results).glob("*/manifest.json"))
-            raise UserError(f"no sweep {name!r} in {_sweeps_dir(results)} (existing: {', '.join(found) or 'none'})")
-        try:
-            manifest = read_json(path)
-        except ValueError as exc:
-            raise UserError(f"{path} is not valid JSON: {exc}") from None
-        runs = manifest.get("runs") if isinstance(manifest, dict) else None
-        if not isinstance(runs, list) or not runs:
-            raise UserError(f"{path} has no runs: expected a sweep manifest with a non-empty 'runs' list")
-        bad = [r for r in runs if not (isinstance(r, dict) and {"run_id", "variant", "seed"} <= r.keys())]
-        if bad:
-            raise UserError(f"{path}: run entry {bad[0]!r} lacks run_id, variant or seed")
-        manifests[name] = manifest
-    return manifests
-
-
-def _read_optional(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return read_json(path)
-    except ValueError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
-
-
-def _flatten_final(final: dict[str, Any]) -> dict[str, float]:
-    """Numeric scalars of final.json; floors become columns named floor.<kind>.<metric>."""
-    flat = {key: float(v) for key, v in final.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)}
-    for kind, values in (final.get("floors") or {}).items():
-        flat.update({f"floor.{kind}.{m}": float(v) for m, v in (values or {}).items()
-                     if isinstance(v, int | float) and not isinstance(v, bool)})
-    return flat
-
-
-def _variant_order(manifest: dict[str, Any]) -> list[str]:
-    """Manifest order of first appearance, the baseline moved to the front."""
-    variants = list(dict.fromkeys(run["variant"] for run in manifest["runs"]))
-    baseline = manifest.get("baseline")
-    return [baseline, *(v for v in variants if v != baseline)] if baseline in variants else variants
-
-
-def _run_rows(results: Path, manifests: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    rows = []
-    for sweep, manifest in manifests.items():
-        paper = manifest.get("paper") or {}
-        for variant in _variant_order(manifest):
-            for run in (r for r in manifest["runs"] if r["variant"] == variant):
-                path = run_dir(results, run["run_id"])
-                state = run_state(path)
-                status = _read_optional(path / "status.json")
-                rows.append({
-                    "sweep": sweep, "label": f"{sweep}: {variant}" if len(manifests) > 1 else variant,
-                    "variant": variant, "seed": run["seed"], "run_id": run["run_id"],
-                    "is_baseline": variant == manifest.get("baseline"), "state": state,
-                    "error": status.get("error") if state == "failed" else None,
-                    "fail_step": status.get("step") if state == "failed" else None,
-                    "paper": (paper.get("rows") or {}).get(variant, np.nan), "paper_metric": paper.get("metric"),
-                    **(_flatten_final(_read_optional(path / "final.json")) if state == "done" else {}),
-                })
-    runs = pd.DataFrame(rows)
-    runs["paper"] = pd.to_numeric(runs["paper"], errors="coerce")
-    return runs
-
-
-def _curve_rows(results: Path, runs: pd.DataFrame) -> pd.DataFrame:
-    """All curve.csv files joined with their runs (a run shared by two sweeps appears under both)."""
-    frames = []
-    for run_id in runs["run_id"].unique():
-        path = run_dir(results, run_id) / "curve.csv"
-        try:
-            # the run directory is the identity; a copied curve.csv may still carry another id
-            frames.append(pd.read_csv(path).drop(columns="run_id", errors="ignore").assign(run_id=run_id))
-        except (FileNotFoundError, pd.errors.EmptyDataError):
-            continue
-    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
-    info = runs[["run_id", "sweep", "label", "variant", "seed", "state"]]
-    return curves.merge(info, on="run_id", how="inner")
-
-
-def collect(results: Path, sweeps: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs, curves) of the named sweeps.
-
-    runs: a row per (sweep, run) with sweep, label, variant, seed, run_id, is_baseline, state,
-    error, fail_step, paper, paper_metric and the numeric keys of final.json (floors as
-    floor.<kind>.<metric>), ordered baseline first, then manifest order. curves: the tidy
-    curve rows with sweep, label, variant, seed and state. `label` is the variant name, prefixed
-    with the sweep when several sweeps share one report.
-    """
-    results = Path(results)
-    return _frames(results, load_manifests(results, sweeps))
-
-
-def _frames(results: Path, manifests: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    runs = _run_rows(results, manifests)
-    return runs, _curve_rows(results, runs)
+def interval_settings(adaptive: dict[str, dict[str, Any] | None]) -> tuple[float, dict[str, float], str]:
+    """(level, margins, sentence) for a report: the adaptive sweeps' adjusted level (the strictest
+    when several are shown together) and margins, else 95% per interval."""
+    designs = {name: a for name, a in adaptive.items() if a}
+    margins = dict(MARGINS)
+    if not designs:
+        return LEVEL, margins, f"Intervals: {level_text(LEVEL)} per row (fixed-seed sweep, no adjustment)."
+    for a in designs.values():
+        margins[a["metric"]] = float(a["margin"])
+    level = max(float(a["level"]) for a in designs.values())
+    parts = [f"`{name}`: Bonferroni over {len(a['looks_planned'])} planned looks "
+             f"({', '.join(map(str, a['looks_planned']))} seeds) x {a['comparisons']} comparisons at alpha "
+             f"{a['alpha']:g}" for name, a in designs.items()]
+    return level, margins, (f"Intervals: {level_text(level)} per row, the level of the adaptive sweep's looks "
+                            f"({'; '.join(parts)}), so every verdict keeps its error rate over the repeated looks.")
 
 
 # ---------------------------------------------------------------- report.md
 
 
-def _sweep_lines(manifests: dict[str, dict[str, Any]], runs: pd.DataFrame) -> list[str]:
+def _sweep_lines(manifests: dict[str, dict[str, Any]], runs: pd.DataFrame,
+                 adaptive: dict[str, dict[str, Any] | None]) -> list[str]:
     def _code(value: str | None) -> str:
         return f"`{value}`" if value else "none"
 
@@ -168,16 +76,21 @@ def _sweep_lines(manifests: dict[str, dict[str, Any]], runs: pd.DataFrame) -> li
                      f"{len(sel)} runs ({states or 'none'})")
         if m.get("command"):
             lines.append(f"  - sweep command: `{m['command']}`")
+        a = adaptive.get(name)
+        if a:
+            made = ", ".join(str(look["n"]) for look in a.get("looks", [])) or "none yet"
+            lines.append(f"  - adaptive on {a['metric']} (margin ±{a['margin']:g}): looks made at {made} seeds of "
+                         f"{', '.join(map(str, a['looks_planned']))} planned; stopped: {a.get('stopped') or 'running'}")
     return lines
 
 
 def _measurement_lines(runs: pd.DataFrame) -> list[str]:
     """Sample counts, floors (from the baseline runs; from all done runs if no sweep has a baseline)."""
-    done = runs[runs["state"] == "done"]
-    base = done[done["is_baseline"]].drop_duplicates("run_id")
+    finished = done(runs)
+    base = finished[finished["is_baseline"]].drop_duplicates("run_id")
     source = "the baseline runs" if len(base) else "all done runs (no baseline)"
-    base = base if len(base) else done.drop_duplicates("run_id")
-    counts = sorted({int(v) for v in done.get("n_samples_final", pd.Series(dtype=float)).dropna()})
+    base = base if len(base) else finished.drop_duplicates("run_id")
+    counts = sorted({int(v) for v in finished.get("n_samples_final", pd.Series(dtype=float)).dropna()})
     lines = [f"- Final samples per run (`n_samples_final`): {', '.join(map(str, counts)) or 'n/a'}",
              f"- Noise floor, from {source} (mean ± std over seeds, same sample count):"]
     for kind, title in FLOORS.items():
@@ -198,43 +111,95 @@ def _column_stat(frame: pd.DataFrame, column: str) -> str:
     return format_stat(values.mean(), values.std(ddof=1), len(values))
 
 
-def _legend(table: pd.DataFrame) -> str:
-    targets = "; ".join(f"{r['label']}: " + ", ".join(f"{m} {num(r[f'target_{m}'])}" for m in COMPARED)
-                        for _, r in table[table["is_baseline"]].iterrows())
+def _legend(table: pd.DataFrame, level_line: str, margins: dict[str, float]) -> str:
     paper = sorted({str(m) for m in table["paper_metric"].dropna()})
+    margin_text = ", ".join(f"{m} ±{margins[m]:g}" for m in COMPARED if m in margins)
     return "\n".join([
         f"Mean ± std over the done seeds of each variant (n = done/total runs). Metrics: {', '.join(METRICS)}.",
-        "Δ: variant minus baseline, paired by seed, mean [95% t-interval]; `*` marks an interval that excludes 0; "
-        "one pair gives no interval.",
-        "Speed-up: steps the baseline's mean curve needs to reach its own final value, divided by the steps the "
-        "variant's mean curve needs to reach it (linear interpolation between evaluations); 'not reached' = "
-        "never within the run. Curve evaluations may use fewer samples than the final metrics."
-        + (f" Targets: {targets}." if targets else ""),
+        "Δ: variant minus baseline, paired by seed (marked 'unpaired' where the seeds did not match: Welch), "
+        f"mean [interval]; ±: the interval's half-width; MDE: the smallest true difference the interval detects "
+        f"with 80% power at this n. {level_line}",
+        f"Verdict: better / worse when the interval excludes 0 (lower is better for both metrics); equivalent when "
+        f"it lies inside the margin ({margin_text}); otherwise unresolved, with the seeds that would resolve it at "
+        "the observed spread (the half-width reaching |Δ| or margin - |Δ|).",
+        "Speed-up: per seed, steps the baseline needs to first reach its own final value divided by the steps the "
+        "variant of the same seed needs to reach it (linear interpolation between evaluations); geometric mean over "
+        "seeds with a t-interval on log speed-up; (k/n reached): seeds whose variant got there; 'not reached' only "
+        "when no seed's variant did. Sample metrics evaluated during training use fewer samples than the final one.",
         "`*_domain` metrics use the in-project domain classifier's features: not comparable with ImageNet FID."
         + (f" paper: the paper's {', '.join(paper)} for the row (ImageNet 256; compare trends, not values)."
            if paper else ""),
     ])
 
 
-def _reading(row: pd.Series) -> str:
-    """One generated sentence per variant: the paired deltas and the speed-ups, as computed."""
+def _span(values: pd.Series, fmt: Callable[[Any], str]) -> str:
+    """'x' when all values agree, else 'min to max'."""
+    lo, hi = values.min(), values.max()
+    return fmt(lo) if lo == hi else f"{fmt(lo)} to {fmt(hi)}"
+
+
+def _power_lines(table: pd.DataFrame, level: float, margins: dict[str, float]) -> list[str]:
+    """The generated paragraph on noise and power: the measured spread of the differences, what it can resolve."""
+    rows = table[~table["is_baseline"]]
+    lines = []
+    for metric in COMPARED:
+        sel = rows[rows[f"delta_{metric}_n"] >= 2]
+        if sel.empty:
+            lines.append(f"- {metric}: fewer than two paired seeds in every row; no spread to measure.")
+            continue
+        sd, half, mde = (sel[f"delta_{metric}_{k}"] for k in ("sd", "half", "mde"))
+        n = sel[f"delta_{metric}_n"]
+        margin = margins.get(metric)
+        need = [seeds_needed(s, margin, level) for s in sd] if margin else []
+        counts = sel[f"verdict_{metric}"].value_counts()
+        verdicts = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in ("better", "worse", "equivalent", "unresolved"))
+        text = (f"- {metric}: the per-seed difference against the baseline has sd {_span(sd, num)} (median "
+                f"{num(sd.median())}) over {_span(n, str)} seeds; the {level_text(level)} intervals reach "
+                f"half-widths {_span(half, num)}, and an effect of {num(mde.median())} (median MDE) would be "
+                f"detected with 80% power. Verdicts: {verdicts}.")
+        if need and all(k is not None for k in need):
+            text += f" A half-width of {margin:g} (the margin) would need {_span(pd.Series(need), str)} seeds."
+        lines.append(text)
+    return lines
+
+
+def _reading(row: pd.Series, margins: dict[str, float]) -> str:
+    """One generated sentence per variant: the differences, verdicts and speed-ups, as computed."""
     parts = []
     for metric in COMPARED:
         n = row[f"delta_{metric}_n"]
         if n == 0:
             parts.append(f"{metric}: no seed paired with a finished baseline run")
             continue
-        interval = format_interval(*(row[f"delta_{metric}{s}"] for s in ("", "_lo", "_hi", "_n")))
-        verdict = "" if n == 1 else (", significant" if row[f"delta_{metric}_significant"] else ", not significant")
-        parts.append(f"{metric} {interval} vs baseline{verdict}")
+        interval = format_interval(*(row[f"delta_{metric}{s}"] for s in ("", "_lo", "_hi", "_n", "_paired")))
+        parts.append(f"{metric} {interval} vs baseline: {format_verdict(row, metric, margins.get(metric))}")
         speed = format_speedup(row, metric)
         if speed != "n/a":
             parts.append(f"speed-up to the baseline's final {metric}: {speed}")
     return f"- **{row['label']}**: " + "; ".join(parts)
 
 
+def _ordering_lines(manifests: dict[str, dict[str, Any]], runs: pd.DataFrame, level: float,
+                    margins: dict[str, float]) -> list[str]:
+    lines = []
+    for name, m in manifests.items():
+        paper = m.get("paper") or {}
+        if not paper.get("orderings"):
+            continue
+        checked = check_orderings(paper, runs[runs["sweep"] == name], f"sweep {name} [paper]", level, margins)
+        if len(manifests) > 1:
+            lines.append(f"`{name}`:")
+        lines += ["| paper ordering | metric | left - right | n | here |", "|---|---|---:|---:|---|"]
+        lines += [f"| {r.ordering} | {r.metric} | {format_interval(r.diff, r.lo, r.hi, r.n)} | {r.n} | {r.outcome} |"
+                  for r in checked.itertuples(index=False)]
+        counts = checked["outcome"].str.split(" ").str[0].value_counts()
+        lines.append(f"\n{int(counts.get('holds', 0))} hold, {int(counts.get('contradicted', 0))} contradicted, "
+                     f"{int(counts.get('unresolved', 0))} unresolved at {level_text(level)} (paired by seed).")
+    return lines or ["No orderings stated in the spec's [paper] table."]
+
+
 def _failed_lines(runs: pd.DataFrame) -> list[str]:
-    bad = runs[runs["state"] != "done"]
+    bad = runs[runs["state"] != RunState.DONE.value]
     if bad.empty:
         return ["None: every run finished."]
     lines = ["| run | variant | seed | state | step | error |", "|---|---|---:|---|---:|---|"]
@@ -247,8 +212,11 @@ def _failed_lines(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-FIGURE_CAPTIONS = {"curves": "Convergence of fid_domain and val_nll (mean ± std over seeds)",
-                   "bars": "Final fid_domain (bar: mean, error bar: std, dots: seeds)",
+FIGURE_CAPTIONS = {"curves": "Convergence of fid_domain and val_nll per variant (markers: evaluations; band: "
+                             "interval over seeds; grey lines: floors)",
+                   "differences": "Variant minus baseline over steps, paired by seed (mean and interval band; "
+                                  "below 0 = better)",
+                   "finals": "Final values: mean with interval, dots = seeds, dashed line = baseline mean",
                    "samples": "Samples of each variant (a row per class; the run's own grid)",
                    "structure": "2D-structure maps (first finished seed of each variant)"}
 
@@ -262,19 +230,34 @@ def _figure_lines(written: list[str]) -> list[str]:
     missing = [stem for stem in FIGURE_CAPTIONS if f"{stem}.png" not in written]
     if missing:
         blocks.append(f"Not drawn (no data in the runs): {', '.join(missing)}.")
+    blocks.append("Data behind them as tidy CSV: [finals.csv](finals.csv) (a row per run and metric), "
+                  "[curves.csv](curves.csv) (a row per run, step and metric).")
     return ["\n\n".join(blocks)]
 
 
+def tidy_finals(runs: pd.DataFrame) -> pd.DataFrame:
+    """A row per (run, metric) of the final values: run keys, metric, value."""
+    metrics = [c for c in runs.columns if c not in RUN_KEYS and c not in ("paper", "fail_step")
+               and pd.api.types.is_float_dtype(runs[c])]
+    long = runs[RUN_KEYS + metrics].melt(id_vars=RUN_KEYS, var_name="metric", value_name="value")
+    return long.dropna(subset=["value"]).reset_index(drop=True)
+
+
 def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str, Any]], runs: pd.DataFrame,
-                  table: pd.DataFrame, table_md: str, figures: list[str]) -> str:
-    readings = [_reading(r) for _, r in table.iterrows() if not r["is_baseline"]]
-    if table["is_baseline"].sum() == 0:
+                  table: pd.DataFrame, figures: list[str], level: float, margins: dict[str, float],
+                  level_line: str, adaptive: dict[str, dict[str, Any] | None], orderings: list[str]) -> str:
+    readings = [_reading(r, margins) for _, r in table.iterrows() if not r["is_baseline"]]
+    has_baseline = table["is_baseline"].sum() > 0
+    if not has_baseline:
         readings = ["No baseline in these sweeps: no comparisons."]
     sections = [
         [f"# mirai-lab report: {', '.join(sweeps)}", "", "Command:", "", "```", command, "```"],
-        ["## Sweeps", "", *_sweep_lines(manifests, runs)],
+        ["## Sweeps", "", *_sweep_lines(manifests, runs, adaptive)],
         ["## Measurement", "", *_measurement_lines(runs)],
-        ["## Table", "", table_md, _legend(table), "", "Also as [CSV](table.csv) and [LaTeX](table.tex)."],
+        ["## Table", "", to_markdown(display_table(table, margins)), _legend(table, level_line, margins), "",
+         "Also as [CSV](table.csv) and [LaTeX](table.tex)."],
+        ["## Noise and power", "", *(_power_lines(table, level, margins) if has_baseline else readings)],
+        ["## The paper's orderings, here", "", *orderings],
         ["## Figures", "", *_figure_lines(figures)],
         ["## Reading", "", *readings],
         ["## Failed and unfinished runs", "", *_failed_lines(runs)],
@@ -283,25 +266,38 @@ def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str
 
 
 def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str) -> Path:
-    """Write table.{md,csv,tex}, the figures, COMMAND and report.md into out_dir; return report.md.
+    """Write table.{md,csv,tex}, finals.csv, curves.csv, the figures, COMMAND and report.md into out_dir.
 
-    Inputs are read and checked before anything is written, so a bad sweep name leaves
-    out_dir untouched; each file is then written atomically.
+    Inputs are read and checked before anything is written, so a bad sweep name (or a bad
+    ordering in the spec) leaves out_dir untouched; each file is then written atomically.
     """
     results, out_dir = Path(results), Path(out_dir)
     manifests = load_manifests(results, sweeps)
-    runs, curves = _frames(results, manifests)
-    table = build_table(runs, curves)
-    shown = display_table(table)
-    table_md = to_markdown(shown)
+    adaptive = {name: load_adaptive(results, name) for name in manifests}
+    level, margins, level_line = interval_settings(adaptive)
+    runs, curves = frames(results, manifests)
+    table = build_table(runs, curves, level, margins)
+    orderings = _ordering_lines(manifests, runs, level, margins)  # checks the spec's orderings before any write
+    shown = display_table(table, margins)
     write_text(out_dir / "table.csv", table.to_csv(index=False))
-    write_text(out_dir / "table.md", table_md)
-    write_text(out_dir / "table.tex", to_latex(shown))
+    write_text(out_dir / "table.md", to_markdown(shown))
+    caption = (f"{', '.join(sweeps)}: final val_nll and fid_domain per variant, difference to the baseline paired "
+               f"by seed with its {level_text(level)} interval and verdict.")
+    write_text(out_dir / "table.tex", to_latex(shown[latex_columns(shown)], caption, f"tab:{'+'.join(sweeps)}"))
+    write_text(out_dir / "finals.csv", tidy_finals(runs).to_csv(index=False))
+    write_text(out_dir / "curves.csv", curves[RUN_KEYS + ["step", "images_seen", "wall_s", "metric", "value"]]
+               .to_csv(index=False))
     order = list(runs["label"].unique())
-    figures = [*plot_curves(curves, order, out_dir), *plot_bars(runs, order, out_dir),
+    base_labels = runs.loc[runs["is_baseline"], "label"]
+    base_label = base_labels.iloc[0] if len(base_labels) and len(manifests) == 1 else None
+    figures = [*plot_curves(curves, runs, order, out_dir, level),
+               *plot_differences(curves, order, base_label, out_dir, level),
+               *plot_finals(runs, order, base_label, out_dir, level),
                *montage(runs, order, results, "samples.png", out_dir),
                *montage(runs, order, results, "structure.png", out_dir)]
     write_text(out_dir / "COMMAND", command + "\n")
     report = out_dir / "report.md"
-    write_text(report, render_report(sweeps, command, manifests, runs, table, table_md, figures))
+    write_text(report, render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line,
+                                     adaptive, orderings))
     return report
+

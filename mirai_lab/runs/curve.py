@@ -1,42 +1,68 @@
-"""The convergence curve: a tidy long table (run_id, step, images_seen, wall_s, metric, value)."""
+"""The convergence curve: a tidy long table (run_id, step, images_seen, wall_s, metric, value).
+
+Points come at two rates (training/trainer.py): every `train.val_every` steps the training
+losses and val_nll, every `train.eval_every` steps also the sample metrics with their count
+(`n_samples`); the last point, at step == train.steps, carries the final evaluation, so the
+curve ends at what final.json says.
+"""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 
-from mirai_lab.runs.store import write_text
+from mirai_lab.runs.store import CorruptFile, write_text
 
 COLUMNS = ("run_id", "step", "images_seen", "wall_s", "metric", "value")
 
+Row = tuple[str, int, int, float, str, float]
+
 
 class Curve:
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, rows: list[Row] | None = None) -> None:
         self.run_id = run_id
-        self.rows: list[tuple[str, int, int, float, str, float]] = []
+        self.rows: list[Row] = rows or []
 
     def add(self, step: int, images_seen: int, wall_s: float, values: dict[str, float]) -> None:
         for metric, value in sorted(values.items()):
             self.rows.append((self.run_id, step, images_seen, round(wall_s, 3), metric, float(value)))
 
-    def save(self, path: Path) -> None:
+    def text(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(COLUMNS)
         writer.writerows(self.rows)
-        write_text(path, buf.getvalue())
+        return buf.getvalue()
+
+    def digest(self) -> str:
+        """sha256 of the CSV text: a checkpoint keeps it to verify the curve it resumes with."""
+        return hashlib.sha256(self.text().encode()).hexdigest()
+
+    def save(self, path: Path) -> None:
+        write_text(path, self.text())
+
+    def head(self, n: int) -> Curve:
+        """The first n rows: the part of the curve a checkpoint vouches for."""
+        return Curve(self.run_id, self.rows[:n])
 
     @classmethod
-    def load(cls, path: Path, run_id: str, max_step: int | None = None) -> Curve:
-        """Rows up to `max_step`: rows written after the last checkpoint are dropped on resume."""
+    def load(cls, path: Path, run_id: str) -> Curve:
+        """The curve of `run_id` stored at `path` (empty if there is none); CorruptFile if it is not one."""
         curve = cls(run_id)
         if not path.exists():
             return curve
-        with open(path, newline="") as fh:
-            for r in csv.DictReader(fh):
-                step = int(r["step"])
-                if max_step is None or step <= max_step:
-                    curve.rows.append((r["run_id"], step, int(r["images_seen"]), float(r["wall_s"]), r["metric"],
-                                       float(r["value"])))
+        try:
+            with open(path, newline="") as fh:
+                reader = csv.DictReader(fh)
+                if tuple(reader.fieldnames or ()) != COLUMNS:
+                    raise ValueError(f"columns {reader.fieldnames}, expected {list(COLUMNS)}")
+                for r in reader:
+                    if r["run_id"] != run_id:
+                        raise ValueError(f"a row of run {r['run_id']!r}")
+                    curve.rows.append((r["run_id"], int(r["step"]), int(r["images_seen"]), float(r["wall_s"]),
+                                       r["metric"], float(r["value"])))
+        except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+            raise CorruptFile(f"{path} is not a curve of run {run_id}: {exc}") from exc
         return curve

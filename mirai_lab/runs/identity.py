@@ -5,10 +5,25 @@ from __future__ import annotations
 from mirai_lab.config import RunConfig
 from mirai_lab.runs.store import content_hash
 
+# The code's side of a run's identity (runs/provenance.py): bump it when a change of the code
+# changes what a run computes, so that runs made before are seen as stale. 2: every random draw
+# of training comes from keyed streams (training/rng.py).
+COMPUTE_VERSION = 2
+
+# Settings that change how fast a run trains or how often it is measured, not what it learns:
+# threads and micro-batching (speed, memory), val_every (evaluation draws nothing from the
+# training streams, training/rng.py: the weights are bit-identical at any value) and compile
+# (the same computation, fused; equal to float rounding).
+NOT_IDENTITY = ("threads", "grad_accum", "val_every", "compile")
+
 
 def run_id_of(cfg: RunConfig) -> str:
-    """Hash of the resolved config; the thread count and the micro-batching change speed and
-    memory, not the run, so they are left out."""
+    """Hash of the resolved config without the `NOT_IDENTITY` train settings, so that adding
+    one of them kept the ids of existing runs. train.precision "auto" is hashed as "fp32", the
+    default it replaced: it resolves per machine at run time (training/precision.py) and the
+    run's provenance records what it trained in."""
     d = cfg.to_dict()
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("threads", "grad_accum")}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in NOT_IDENTITY}
+    if d["train"]["precision"] == "auto":  # the default since it replaced fp32: the ids of fp32 runs stand
+        d["train"]["precision"] = "fp32"
     return content_hash(d)

@@ -21,6 +21,7 @@ from mirai_lab.foresight.sources import (
 )
 from mirai_lab.model.gpt import GPT, GPTShape
 from mirai_lab.runs.store import cache_dir
+from mirai_lab.training.rng import seeded_init
 
 
 def model_shape(cfg: RunConfig, data: TokenData) -> GPTShape:
@@ -57,5 +58,6 @@ def build_foresight(cfg: RunConfig, data: TokenData, shape: GPTShape, ema: GPT, 
                                                      features_dir=cfg.data.features_dir,
                                                      weights=f.encoder_weights, steps=f.encoder_steps))
     d_target = source.dim if source is not None else shape.dim
-    heads = ForesightHeads(f, layout, shape.dim, d_target, shape.n_tokens, cfg.train.steps, shape.vocab_size)
+    with seeded_init(cfg.train.seed, "foresight_init"):  # a stream of its own: the model's streams stay the baseline's
+        heads = ForesightHeads(f, layout, shape.dim, d_target, shape.n_tokens, cfg.train.steps, shape.vocab_size)
     return Foresight(heads.to(device), source, f.student_block)

@@ -17,18 +17,22 @@ from mirai_lab.model.gpt import GPT
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.state import RunState, run_state
 from mirai_lab.runs.store import CorruptFile, cache_dir, read_json, run_dir, write_json
+from mirai_lab.runs.tracking import tracked
 from mirai_lab.training.build import model_shape
 from mirai_lab.training.trainer import Trainer
 
 
 def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, float]], None] | None = None,
-            threads: int | None = None) -> tuple[dict[str, Any], Path, bool]:
-    """Train the run unless it is already done; returns (final, run dir, skipped)."""
+            threads: int | None = None, variant: str | None = None) -> tuple[dict[str, Any], Path, bool]:
+    """Train the run unless it is already done; returns (final, run dir, skipped). The selected
+    tracker (runs/tracking.py) sees every curve row and the final metrics, tagged with `variant`."""
 
     path = run_dir(root, run_id_of(cfg))
     if run_state(path) is RunState.DONE:
         return read_json(path / "final.json"), path, True
-    final = Trainer(cfg, root, progress, threads).run()
+    with tracked(cfg, path, run_id_of(cfg), progress, variant) as (on_eval, log_final):
+        final = Trainer(cfg, root, on_eval, threads).run()
+        log_final(final)
     return final, path, False
 
 
@@ -51,7 +55,10 @@ def load_trained(run: str, root: Path) -> tuple[RunConfig, Any, Any]:
 
 
 def eval_run(run: str, root: Path, n: int | None, extractor: str | None) -> dict[str, Any]:
-    """Recompute the final metrics of a run and rewrite its final.json (atomically)."""
+    """Recompute the final metrics of a run into its own eval-n<count>[-<extractor>].json.
+
+    final.json, samples.png and structure.png stay what training wrote, so `report` averages
+    the same numbers after any eval."""
 
     cfg, model, data = load_trained(run, root)
     if n is not None:
@@ -59,9 +66,16 @@ def eval_run(run: str, root: Path, n: int | None, extractor: str | None) -> dict
     if extractor is not None:
         cfg.eval.extractor = extractor
     _, path = load_run_config(root, run)
-    old = read_json(path / "final.json") if (path / "final.json").exists() else {}
-    final = {**old, **Evaluator(cfg, data, cache_dir(root)).final(model, path, old.get("steps", 0))}
-    write_json(path / "final.json", final)
+    try:
+        old = read_json(path / "final.json") if (path / "final.json").exists() else {}
+    except ValueError as exc:
+        raise UserError(f"{path / 'final.json'} is not valid JSON ({exc}): the run's record is damaged; "
+                        "delete the run folder and train it again") from None
+    name = f"eval-n{cfg.eval.n_samples_final}" + ("" if cfg.eval.extractor == "domain" else f"-{cfg.eval.extractor}")
+    # its sample grid and structure map go to a folder of the same name, beside the training's
+    final = {**old, **Evaluator(cfg, data, cache_dir(root)).final(model, path / name, old.get("steps", 0)),
+             "eval_file": str(path / f"{name}.json")}
+    write_json(path / f"{name}.json", final)
     return final
 
 
@@ -78,13 +92,24 @@ def load_run_config(root: Path, run: str) -> tuple[RunConfig, Path]:
     """Config of an existing run given its id or its directory."""
 
     path = Path(run)
-    if not (path / "config.json").exists():
+    if not _is_file(path / "config.json"):
         path = run_dir(root, run)
-    if not (path / "config.json").exists():
+    if not _is_file(path / "config.json"):
         raise UserError(f"run {run!r} not found (looked for {path / 'config.json'})")
+    if root.resolve() not in path.resolve().parents:  # eval writes into the run folder: keep it in the results
+        raise UserError(f"run folder {str(path)!r} is outside the results directory {str(root)!r}: pass "
+                        "--results-dir, or the run id")
     try:
         d = read_json(path / "config.json")
     except ValueError as exc:
         raise UserError(f"{path / 'config.json'} is not valid JSON: {exc}") from None
     d.pop("run_id", None)
     return config_from_dict(d), path
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file that says False, not OSError, for a name the file system refuses (too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False

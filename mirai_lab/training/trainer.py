@@ -1,9 +1,19 @@
-"""The training loop of one run: NTP + foresight, EMA, periodic evaluation, exact resume.
+"""The training loop of one run: NTP + foresight, EMA, dense val_nll, sparse sample metrics, exact resume.
 
-Reproducibility contract: the batch order is a pure function of (seed, step), the global
-RNG (dropout, class dropout) is saved with every checkpoint, and evaluation draws from its
-own generators, so a run killed and restarted ends with the same curve and weights as an
-uninterrupted one (CPU, same seed).
+Reproducibility contract: every random draw of training (initial weights, batch order, crops,
+class-dropout and dropout masks) comes from a keyed stream (training/rng.py), a pure function
+of (seed, step, stream, rank), and evaluation samples from its own stream. A run killed and
+restarted from its checkpoint (runs/checkpoint.py) therefore ends with the same weights, EMA,
+optimizer state and curve as an uninterrupted one, whatever the evaluation frequency or the
+state of the caches; and the variants of one seed share all of these streams.
+
+The step never waits for the device: the logged losses are summed on the device and a
+divergence is recorded there (the first step with a non-finite loss); both are read once per
+curve point, where a diverged run is marked failed with that step.
+
+Points of the curve (runs/curve.py): every `train.val_every` steps the training losses and
+val_nll; every `train.eval_every` steps also the sample metrics and a checkpoint; at the last
+step a checkpoint, then the final evaluation as the curve's last point and final.json.
 
 Under torchrun the same loop runs on every rank (see distributed.py): each rank trains on
 its slice of the global batch, optionally in `train.grad_accum` micro-batches, and rank 0
@@ -15,7 +25,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,61 +35,41 @@ from mirai_lab.config import RunConfig
 from mirai_lab.data.tokens import prepare_tokens
 from mirai_lab.distributed import init_distributed
 from mirai_lab.errors import UserError
-from mirai_lab.evaluate.evaluator import Evaluator
+from mirai_lab.evaluate.evaluator import Evaluator, final_curve_row
 from mirai_lab.model.gpt import GPT
+from mirai_lab.runs.checkpoint import CHECKPOINT_FILE, CURVE_FILE, load_resume, save_checkpoint
 from mirai_lab.runs.curve import Curve
 from mirai_lab.runs.identity import run_id_of
+from mirai_lab.runs.provenance import write_provenance
 from mirai_lab.runs.state import RunState, set_status
-from mirai_lab.runs.store import (
-    CorruptFile,
-    cache_dir,
-    load_tensors,
-    run_dir,
-    save_tensors,
-    write_json,
-)
+from mirai_lab.runs.store import CorruptFile, cache_dir, run_dir, warn, write_json
 from mirai_lab.training.batches import batch_indices, crop_indices
 from mirai_lab.training.build import build_foresight, model_shape
 from mirai_lab.training.ema import update_ema
+from mirai_lab.training.faults import loss_hook
 from mirai_lab.training.optim import param_groups
+from mirai_lab.training.precision import resolve_precision
+from mirai_lab.training.rng import StepNoise, seeded_init
 from mirai_lab.training.schedule import learning_rate
 from mirai_lab.training.step import StepLoss
 
-INJECT_NAN_ENV = "MIRAI_LAB_INJECT_NAN_AT"  # "STEP" or "RUN_ID:STEP": fault injection for the reliability suite
+NO_DIVERGENCE = 2**62  # the recorded first non-finite step while there is none
 
 
 class Diverged(Exception):
     """The loss became NaN or infinite; the run is marked failed and the sweep goes on."""
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+    def __init__(self, step: int) -> None:
+        super().__init__(f"the loss is not finite at step {step}")
+        self.step = step
 
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
-
-
 class Trainer:
     """One run, in one process or one rank of a torchrun job. `run()` trains (or resumes) to
-    the end and evaluates (rank 0)."""
+    the end and evaluates (rank 0); `setup()` and `train_step()` are the pieces it is made of."""
 
     def __init__(self, cfg: RunConfig, root: Path, progress: ProgressFn | None = None,
                  threads: int | None = None) -> None:
@@ -92,6 +81,7 @@ class Trainer:
         self.progress = progress
 
     def setup(self) -> None:
+        """Build data, model, EMA, foresight heads and optimizer; writes no run file."""
         cfg = self.cfg
         self.dist = init_distributed()
         t = cfg.train
@@ -99,63 +89,86 @@ class Trainer:
             raise UserError(f"train.batch_size={t.batch_size}: expected a multiple of {self.dist.world} ranks x "
                             f"train.grad_accum={t.grad_accum}")
         self.device = self.dist.device
+        cuda = self.device.type == "cuda"
         # ranks on one CPU node share its cores
         torch.set_num_threads(self.threads if not self.dist.active else max(1, self.threads // self.dist.local_world))
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores, as LlamaGen trains
+            torch.backends.cudnn.allow_tf32 = True
         with self.dist.main_first():  # rank 0 builds the caches, the other ranks then read them
             self.data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(self.root))
-            torch.manual_seed(t.seed)  # the same initial weights on every rank
             self.shape = model_shape(cfg, self.data)
-            self.model = GPT(self.shape).to(self.device)
+            with seeded_init(t.seed, "model_init"):  # the same initial weights on every rank and variant
+                self.model = GPT(self.shape).to(self.device)
             self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
             self.foresight = build_foresight(cfg, self.data, self.shape, self.ema, self.root, self.device)
-        self.step_loss = self.dist.wrap(StepLoss(self.model, self.foresight))
+        self.noise = StepNoise(t.seed, self.dist.rank, self.device)
+        self.model.use_generators(**self.noise.generators)
+        step_loss = self.dist.wrap(StepLoss(self.model, self.foresight))
+        self.step_loss = torch.compile(step_loss) if t.compile else step_loss
+        self.precision = resolve_precision(cfg, self.root, self.dist, self.threads, type(self))  # "auto" measured
+        self.bf16 = self.precision == "bf16"
         modules: list[torch.nn.Module] = [self.model]
         if self.foresight is not None:
             modules.append(self.foresight.heads)
         self.params = [p for m in modules for p in m.parameters()]
-        self.opt = torch.optim.AdamW(param_groups(modules, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2))
+        self.opt = torch.optim.AdamW(param_groups(modules, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2),
+                                     fused=cuda)
+        self.loss_hook = loss_hook(self.run_id)
         self.curve = Curve(self.run_id)
         self.step = 0
         self.wall_offset = 0.0
+        self.t0 = time.perf_counter()
+        self.log_sums: dict[str, torch.Tensor] = {}
+        self.log_counts: dict[str, int] = {}
+        self.first_bad_step = torch.full((), NO_DIVERGENCE, dtype=torch.long, device=self.device)
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "optimizer": self.opt.state_dict(), "step": self.step, "rng": torch.get_rng_state(),
-                 "wall_s": self.wall(), "config_hash": self.run_id}
+                 "wall_s": float(self.wall()), "config_hash": self.run_id, "curve_rows": len(self.curve.rows),
+                 "curve_sha256": self.curve.digest()}
         if self.foresight is not None:
             state["foresight"] = self.foresight.heads.state_dict()
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def try_resume(self) -> bool:
-        path = self.dir / "checkpoint.pt"
-        if not path.exists():
+        """Continue from the checkpoint if there is one that this run can trust; else start afresh."""
+        if not (self.dir / CHECKPOINT_FILE).exists():
             return False
         try:
-            state = load_tensors(path)  # tensors come back on the CPU; load_state_dict copies them over
+            resume = load_resume(self.dir, self.run_id, self.checkpoint_state(), self.opt, self.cfg.train.steps)
         except CorruptFile as exc:
-            print(f"warning: {exc}; restarting run {self.run_id} from scratch")
+            if self.dist.is_main:
+                warn(f"{exc}; restarting run {self.run_id} from scratch")
             return False
+        state = resume.state  # tensors come back on the CPU; load_state_dict copies them over
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         if self.foresight is not None:
             self.foresight.heads.load_state_dict(state["foresight"])
         torch.set_rng_state(state["rng"])
-        self.step = int(state["step"])
-        self.wall_offset = float(state["wall_s"])
-        self.curve = Curve.load(self.dir / "curve.csv", self.run_id, max_step=self.step)
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.step = state["step"]
+        self.wall_offset = state["wall_s"]
+        self.curve = resume.curve
         return True
 
     def wall(self) -> float:
         return self.wall_offset + time.perf_counter() - self.t0
 
-    def train_step(self, step: int, sums: dict[str, float], counts: dict[str, int]) -> None:
+    def train_step(self, step: int) -> None:
+        """One optimizer step on the batch of `step`; nothing in it waits for the device."""
         cfg, t = self.cfg, self.cfg.train
         idx = batch_indices(self.data.train_idx, t.batch_size, t.seed, step)
         crop = crop_indices(len(idx), self.data.n_crops, t.seed, step)
         if self.dist.active:
-            torch.manual_seed(self.dist.step_seed(t.seed, step))  # this rank's own dropout stream
             idx, crop = self.dist.shard(idx), (self.dist.shard(crop) if crop is not None else None)
+        self.noise.at(step)
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
         self.opt.zero_grad(set_to_none=True)
@@ -168,61 +181,72 @@ class Trainer:
             x = self.data.tokens(m_idx, m_crop).to(self.device)
             y = self.data.labels[m_idx].to(self.device)
             with self.dist.no_sync(self.step_loss, skip=i < n_micro - 1):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     targets = None
                     if fs is not None:
                         targets = x if fs.source is None else fs.source.targets(x, y, m_idx, m_crop).to(self.device)
                     loss, ntp, logs = self.step_loss(x, y, targets, step)
-                if os.environ.get(INJECT_NAN_ENV) in (str(step), f"{self.run_id}:{step}"):
-                    loss = loss * float("nan")
-                if not self.dist.all_finite(loss):
-                    raise Diverged(f"loss is {loss.item()} at step {step}")
+                if self.loss_hook is not None:
+                    loss = self.loss_hook(loss, step)
+                self.track(step, loss, {"train_ntp": ntp, **logs}, n_micro)
                 (loss / n_micro).backward()
-            for name, value in {"train_ntp": ntp, **logs}.items():
-                sums[name] += float(value.detach()) / n_micro
         for name in ("train_ntp", *logs):
-            counts[name] += 1
+            self.log_counts[name] = self.log_counts.get(name, 0) + 1
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
         self.opt.step()
         update_ema(self.ema, self.model, t.ema_decay, step)
 
-    def make_evaluator(self) -> Any:
+    def track(self, step: int, loss: torch.Tensor, logs: dict[str, torch.Tensor], n_micro: int) -> None:
+        """Device-side bookkeeping of a micro-batch: the logged sums and the first non-finite step."""
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad_step = torch.where(bad, self.first_bad_step.clamp(max=step), self.first_bad_step)
+        for name, value in logs.items():
+            part = value.detach().double() / n_micro  # float64: a long interval sums many steps
+            self.log_sums[name] = self.log_sums[name] + part if name in self.log_sums else part
 
+    def read_logs(self) -> dict[str, float]:
+        """The mean logged values since the last point, over ranks (the global batch): the one host
+        read between points. Raises Diverged if any rank saw a non-finite loss."""
+        bad = int(self.dist.min(self.first_bad_step))
+        if bad != NO_DIVERGENCE:
+            raise Diverged(bad)
+        names = sorted(self.log_sums)
+        sums = self.dist.mean(torch.stack([self.log_sums[k] for k in names]).tolist() if names else [])
+        values = {k: s / self.log_counts[k] for k, s in zip(names, sums, strict=True)}
+        self.log_sums.clear()
+        self.log_counts.clear()
+        return values
+
+    def make_evaluator(self) -> Evaluator:
         return Evaluator(self.cfg, self.data, cache_dir(self.root))
 
-    def run(self, evaluator: Any = None) -> dict[str, Any]:
+    def run(self, evaluator: Evaluator | None = None) -> dict[str, Any]:
         """Train from scratch or from the last checkpoint; evaluate; write final.json.
 
         Under torchrun only rank 0 evaluates and writes; the other ranks return a short summary
         when training ends (the final evaluation may outlast any collective timeout)."""
-        cfg = self.cfg
+        cfg, t = self.cfg, self.cfg.train
         self.setup()  # bad references (a missing static checkpoint, ...) fail here, before any write
         main = self.dist.is_main
         if main:
             config_path = self.dir / "config.json"
             if not config_path.exists():
                 write_json(config_path, {"run_id": self.run_id, **cfg.to_dict()})
+                write_provenance(self.dir, self.threads, self.precision)
             set_status(self.dir, RunState.RUNNING)
         resumed = self.try_resume()
         evaluator = (evaluator or self.make_evaluator()) if main else None
         self.t0 = time.perf_counter()
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
         try:
-            while self.step < cfg.train.steps:
-                self.train_step(self.step, sums, counts)
+            while self.step < t.steps:
+                self.train_step(self.step)
                 self.step += 1
-                if self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps:
-                    names = sorted(sums)  # the curve logs the mean over ranks: the global batch
-                    sums.update(zip(names, self.dist.mean([sums[k] for k in names]), strict=True))
-                    if main:
-                        self.log_eval(evaluator, sums, counts)
-                    sums.clear()
-                    counts.clear()
+                if self.step % t.val_every == 0 or self.step % t.eval_every == 0 or self.step == t.steps:
+                    self.log_point(evaluator)
         except Diverged as exc:
             if main:
-                set_status(self.dir, RunState.FAILED, error=f"diverged: {exc}", step=self.step)
+                set_status(self.dir, RunState.FAILED, error=f"diverged: {exc}", step=exc.step)
             raise
         self.dist.barrier()  # every rank leaves the group together, before rank 0's final evaluation
         self.dist.close()
@@ -232,23 +256,29 @@ class Trainer:
         final = evaluator.final(self.ema, self.dir, self.step)
         final.update({"run_id": self.run_id, "steps": self.step, "wall_s": round(self.wall(), 2),
                       "resumed": resumed, "params": self.model.n_params()})
+        self.curve.add(self.step, self.step * t.batch_size, self.wall(), final_curve_row(final))
+        self.curve.save(self.dir / CURVE_FILE)
         write_json(self.dir / "final.json", final)
         set_status(self.dir, RunState.DONE)
         return final
 
-    def log_eval(self, evaluator: Any, sums: dict[str, float], counts: dict[str, int]) -> None:
-        images_seen = self.step * self.cfg.train.batch_size
-        row: dict[str, float] = {name: sums[name] / counts[name] for name in sums}
+    def log_point(self, evaluator: Evaluator | None) -> None:
+        """A curve point: training means and val_nll; at eval points also the sample metrics (not at
+        the last step: the final evaluation gives them) and a checkpoint, written after the curve."""
+        t = self.cfg.train
+        row = self.read_logs()  # on every rank: it averages over them
+        if evaluator is None:
+            return
+        eval_point = self.step % t.eval_every == 0 or self.step == t.steps
         for name in list(row):
             if name.startswith("align_loss_"):
                 row[name.replace("align_loss_", "align_cos_")] = -row[name]
         if self.foresight is not None:
             row["lambda_scale"] = self.foresight.heads.scale(self.step - 1)
-        row.update(evaluator.in_training(self.ema, self.step))
-        self.curve.add(self.step, images_seen, self.wall(), row)
-        self.curve.save(self.dir / "curve.csv")
-        save_tensors(self.dir / "checkpoint.pt", self.checkpoint_state())
+        row.update(evaluator.in_training(self.ema, self.step, samples=eval_point and self.step < t.steps))
+        self.curve.add(self.step, self.step * t.batch_size, self.wall(), row)
+        self.curve.save(self.dir / CURVE_FILE)
+        if eval_point:
+            save_checkpoint(self.dir, self.checkpoint_state())
         if self.progress is not None:
-            self.progress(self.step, self.cfg.train.steps, row)
-
-
+            self.progress(self.step, t.steps, row)

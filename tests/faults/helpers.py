@@ -71,3 +71,34 @@ def tree(folder: Path) -> dict[str, bytes]:
     if not folder.exists():
         return {}
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# A training process that SIGKILLs itself at a chosen moment: "step:N" right after the curve
+# point of step N (and its checkpoint, at an eval step), "final" inside the final evaluation
+# (its sample metrics computed, structure.png and final.json not yet written), "" never.
+KILLED_RUN = r"""
+import json, os, signal, sys
+from pathlib import Path
+from mirai_lab.config import build_config
+from mirai_lab.evaluate.evaluator import Evaluator
+from mirai_lab.training.trainer import Trainer
+
+results, kill, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def at_step(step, total, row):
+    if kill == f"step:{step}":
+        die()
+
+if kill == "final":
+    Evaluator.structure = die
+Trainer(build_config(None, overrides), Path(results), progress=at_step).run()
+"""
+
+
+def killed_run(results: Path, kill: str, overrides: dict) -> subprocess.CompletedProcess:
+    """Train in a subprocess that is SIGKILLed at `kill` (see KILLED_RUN)."""
+    return subprocess.run([sys.executable, "-c", KILLED_RUN, str(results), kill, json.dumps(overrides)],
+                          capture_output=True, text=True, env=env(), timeout=300)

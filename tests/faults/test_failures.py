@@ -58,7 +58,7 @@ def test_truncated_checkpoint_restarts_from_scratch(tmp_path, capsys):
     (first.dir / "status.json").write_text('{"state": "running"}')
     again = Trainer(cfg, tmp_path)
     final = again.run()
-    assert "unreadable or truncated" in capsys.readouterr().out
+    assert "unreadable or truncated" in capsys.readouterr().err
     assert final["resumed"] is False
     redo = torch.load(ckpt, weights_only=True)
     assert all(torch.equal(redo["model"][k], v) for k, v in reference["model"].items())
@@ -193,3 +193,121 @@ def test_write_spec_helper_is_a_valid_sweep(tmp_path):
 
     plan = load_plan(write_spec(tmp_path))
     assert [r.variant for r in plan.runs] == ["baseline", "ema", "mtp"]
+
+
+# --- security: weights folders are data, every write stays in the results directory -------------------------------
+
+HOSTILE_HUBCONF = """
+from pathlib import Path
+Path(__file__).with_name("EXECUTED").write_text("code from a weights folder ran")
+dependencies = ["torch"]
+
+def dinov2_vitb14(pretrained=False):
+    raise RuntimeError("never built")
+"""
+
+
+def test_hubconf_beside_the_weights_is_never_executed_unless_named(tmp_path, monkeypatch):
+    from mirai_lab.foresight.dinov2 import load_dinov2
+
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    (folder / "hubconf.py").write_text(HOSTILE_HUBCONF)
+    torch.save({"w": torch.zeros(1)}, folder / "x.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub-cache"))
+    with pytest.raises(UserError) as err:
+        load_dinov2(folder / "x.pth")
+    assert "not run unless you name its folder" in str(err.value) and "\n" not in str(err.value)
+    assert not (folder / "EXECUTED").exists()
+    with pytest.raises(UserError, match="cannot build DINOv2 model"):  # named with --hub: the user's choice
+        load_dinov2(folder / "x.pth", hub=folder)
+    assert (folder / "EXECUTED").exists()
+
+
+def _escape_cases(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    return [
+        ["tune", "--budget", "smoke", "--objective", "val_nll", "--study", "../../x"],
+        ["tune", "--budget", "smoke", "--objective", "val_nll", "--study", "/tmp/x"],
+        ["sample", "../../x"],
+        ["eval", "../runs/../../x"],
+        ["eval", str(outside)],  # a run folder with a config.json outside the results directory
+        ["sweep", "--axis", "layout", "--budget", "smoke", "--name", "../../x"],
+    ]
+
+
+def test_names_cannot_write_outside_the_results_directory(tmp_path, capsys):
+    results = tmp_path / "nest" / "results"
+    for argv in _escape_cases(tmp_path):
+        before = tree(tmp_path)
+        code, err = cli_exit([*argv, "--results-dir", str(results)], capsys)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
+        assert tree(tmp_path) == before and not (tmp_path / "x").exists() and not results.exists(), argv
+
+
+def test_pickle_refusal_is_one_line_that_names_the_file_and_why(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(UserError) as err:
+        store.load_tensors(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "could run code" in message
+    assert "system" in message and "weights_only" not in message
+
+
+# --- files: the user's umask, no temporary files left by killed writers, fenced writes ------------------------------
+
+def test_files_get_the_users_umask_not_0600(tmp_path):
+    target = tmp_path / "status.json"
+    store.write_json(target, {"state": "done"})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_temporary_files_of_dead_writers_are_removed_on_the_next_write(tmp_path):
+    import subprocess
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = store._HOST
+    orphan = tmp_path / f".checkpoint.pt.{host}-{dead.stdout.strip()}.abc123.tmp"
+    live = tmp_path / f".curve.csv.{host}-{os.getpid()}.def456.tmp"  # a writer still running (or frozen)
+    foreign = tmp_path / f".final.json.otherhost-{dead.stdout.strip()}.ghi789.tmp"  # another machine's
+    for p in (orphan, live, foreign):
+        p.write_bytes(b"partial")
+    store.write_text(tmp_path / "status.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, foreign.name, "status.json"])
+
+
+def test_a_fence_that_refuses_stops_the_write_and_keeps_the_previous_file(tmp_path):
+    class Lost(Exception):
+        pass
+
+    target = tmp_path / "run" / "curve.csv"
+    store.write_text(target, "old\n")
+    allowed = [True]
+
+    def guard(path):
+        if not allowed[0]:
+            raise Lost(path.name)
+
+    with store.fenced(tmp_path / "run", guard):
+        store.write_text(target, "mine\n")
+        allowed[0] = False
+        with pytest.raises(Lost):
+            store.write_text(target, "stale\n")
+        allowed[0] = True
+        with pytest.raises(Lost):  # refused at the rename too: the temporary file is dropped
+            with store.atomic_path(target) as tmp:
+                tmp.write_text("stale\n")
+                allowed[0] = False
+    store.write_text(tmp_path / "elsewhere.txt", "not fenced\n")
+    assert target.read_text() == "mine\n"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["curve.csv"]

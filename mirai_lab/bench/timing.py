@@ -1,0 +1,70 @@
+"""Timing arithmetic of the bench: interleaved rounds, paired ratios, FLOP counts, peaks.
+
+Everything compared is measured side by side in one process, interleaved (A B C A B C ...),
+so that a drifting or shared machine hits every variant alike; ratios are medians of the
+per-round ratios.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from mirai_lab.model.gpt import Dropout, GPTShape
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' data sheets; the first
+# name found in torch.cuda.get_device_name() wins, so the more specific names come first.
+GPU_BF16_PEAKS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("B200", 2250e12),
+    ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
+)
+
+
+def gpu_bf16_peak(name: str) -> float | None:
+    """The data-sheet dense bf16 peak of a GPU by its name, None when the table lacks it."""
+    return next((peak for key, peak in GPU_BF16_PEAKS if key in name), None)
+
+
+def train_flops(shape: GPTShape, batch: int) -> float:
+    """6 * (non-embedding params) * tokens + attention (forward 4*T^2*d per layer, x3 with backward)."""
+    per_layer = 4 * shape.dim * shape.dim + 3 * shape.dim * shape.ffn_hidden
+    dense = shape.n_layer * per_layer + shape.dim * shape.vocab_size
+    tokens = shape.n_tokens
+    attn = shape.n_layer * 4 * tokens * tokens * shape.dim
+    return batch * (6 * dense * tokens + 3 * attn)
+
+
+def use_plain_dropout(model: torch.nn.Module) -> None:
+    """Swap the model's cheap-mask dropout for torch.nn.Dropout (bernoulli_ masks, same rate)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+
+
+def interleaved_samples(fns: dict[str, Callable[[], None]], warmup: int, repeats: int, inner: int,
+                        sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+    """Seconds per call of each closure in each round, measured round-robin; `sync` waits for
+    the device before each clock read."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync()
+            samples[name].append((time.perf_counter() - t) / inner)
+    return samples
+
+
+def paired_ratio(samples: dict[str, list[float]], name: str, reference: str) -> float:
+    """Median over rounds of name/reference: each round's pair shares the machine's state at
+    that moment, so this ratio is steadier than a ratio of medians when the machine drifts."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[reference], strict=True))

@@ -1,0 +1,212 @@
+"""Adaptive seeds: add seeds in rounds until every variant's difference is resolved or equivalent.
+
+A sweep is trained at `first` seeds, then `first + step`, ... up to `max_seeds` (the planned
+looks). After each round every variant's difference to the baseline on the stopping metric
+(val_nll by default) gets its verdict; the loop stops when none is unresolved, when the
+seed cap is reached, or before a round that would overrun the wall-time cap.
+
+Error rate over repeated looks: each look's interval is at level 1 - alpha / (L * V) for L
+planned looks and V comparisons (Bonferroni). By the union bound, the probability that any
+interval of any look misses its true difference is at most alpha, whatever the dependence
+between looks (nested seeds) and variants (a shared baseline), and whenever the loop stops;
+so a false "better"/"worse" anywhere in the sweep has probability <= alpha. The report uses
+the same level for every row of an adaptive sweep (docs/statistics.md compares this choice
+with alpha spending and confidence sequences).
+
+Every round is the ordinary sweep (experiments/sweep_verb.run_sweep) at more seeds under one
+fixed sweep name: runs are content-addressed, so a new round trains only the new seeds, and a
+killed adaptive sweep resumes by running the same command (the looks are recomputed from the
+finished runs, the time already spent is kept in adaptive.json).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mirai_lab.config import parse_set, read_toml
+from mirai_lab.errors import UserError
+from mirai_lab.experiments.spec import load_plan
+from mirai_lab.experiments.sweep_verb import run_sweep
+from mirai_lab.report.collect import adaptive_path, collect, done, load_adaptive
+from mirai_lab.report.stats import COMPARED, Verdict, by_seed, paired_difference, seeds_to_resolve, verdict
+from mirai_lab.runs.store import write_json
+
+ALPHA = 0.05
+FIRST_MIN = 3  # a t-interval from 2 seeds has 1 degree of freedom: too wide to resolve anything
+STEP = 2
+DEFAULTS = {"margin": 0.01, "max_seeds": 10, "max_minutes": 60.0}
+
+
+@dataclass(frozen=True)
+class Design:
+    """The planned looks and the per-interval level that keeps the error rate over all of them."""
+
+    first: int
+    step: int
+    max_seeds: int
+    comparisons: int
+    metric: str = "val_nll"
+    margin: float = 0.01
+    alpha: float = ALPHA
+
+    @property
+    def looks(self) -> list[int]:
+        looks = list(range(self.first, self.max_seeds + 1, self.step))
+        return looks if looks[-1] == self.max_seeds else [*looks, self.max_seeds]
+
+    @property
+    def level(self) -> float:
+        return 1.0 - self.alpha / (len(self.looks) * max(1, self.comparisons))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "looks_planned": self.looks, "level": self.level}
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        """Whether a recorded adaptive.json was made with this design."""
+        return all(record.get(key) == value for key, value in self.to_json().items())
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """margin, seed cap and wall-time cap; first = seeds of the first look; from_spec: every value
+    that shapes the looks is the spec's own (then the sweep keeps the spec's name)."""
+
+    margin: float
+    max_seeds: int
+    max_minutes: float
+    first: int
+    from_spec: bool
+
+
+def _number(value: Any, key: str, where: str, kind: type) -> Any:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
+    if not ok or value <= 0:
+        raise UserError(f"{where}: {key}={value!r}: expected a positive {'integer' if kind is int else 'number'}")
+    return kind(value)
+
+
+def adaptive_options(spec_path: Path, *, adaptive: bool | None, margin: float | None, max_seeds: int | None,
+                     max_minutes: float | None, seeds: int | None) -> AdaptiveOptions | None:
+    """The adaptive settings of a sweep: command-line options over the spec's [experiment] keys
+    (adaptive, margin, max_seeds, max_minutes) over DEFAULTS; None for a fixed-seed sweep.
+
+    An explicit seed count without an explicit --adaptive asks for exactly those seeds: fixed.
+    """
+    exp = read_toml(spec_path).get("experiment", {})
+    on = exp.get("adaptive", False) if adaptive is None else adaptive
+    if adaptive is None and seeds is not None:
+        return None
+    if not isinstance(on, bool):
+        raise UserError(f"{spec_path}: adaptive={on!r}: expected true or false")
+    if not on:
+        return None
+    values = {key: exp.get(key, default) for key, default in DEFAULTS.items()}
+    values.update({k: v for k, v in (("margin", margin), ("max_seeds", max_seeds), ("max_minutes", max_minutes))
+                   if v is not None})
+    where = "adaptive sweep" if adaptive else str(spec_path)
+    spec_seeds = exp.get("seeds", 1)
+    start = seeds if seeds is not None else (spec_seeds if isinstance(spec_seeds, int) else len(spec_seeds))
+    opts = AdaptiveOptions(margin=_number(values["margin"], "margin", where, float),
+                           max_seeds=_number(values["max_seeds"], "max_seeds", where, int),
+                           max_minutes=_number(values["max_minutes"], "max_minutes", where, float),
+                           first=max(FIRST_MIN, int(start)),
+                           from_spec=adaptive is None and margin is None and max_seeds is None)
+    if opts.first > opts.max_seeds:
+        raise UserError(f"{where}: max_seeds={opts.max_seeds}: expected >= {opts.first} (the first look)")
+    return opts
+
+
+def sweep_argv(spec_path: Path, root: Path, budget: str | None, set_items: list[str], workers: int) -> list[str]:
+    """The plain `sweep` command of one round, less its --seeds and --name (run_adaptive adds them)."""
+    return ["sweep", "--experiment", str(spec_path), "--results-dir", str(root),
+            *(["--budget", budget] if budget else []), *(arg for item in set_items for arg in ("--set", item)),
+            *(["--workers", str(workers)] if workers > 1 else [])]
+
+
+def look(root: Path, sweep: str, design: Design, baseline: str) -> dict[str, dict[str, Any]]:
+    """Each variant's difference on the design's metric at its level, from the finished runs."""
+    runs, _ = collect(root, [sweep])
+    finished = done(runs)
+    base = by_seed(finished[finished["variant"] == baseline], design.metric)
+    rows = {}
+    for variant in dict.fromkeys(runs["variant"]):
+        if variant == baseline:
+            continue
+        diff = paired_difference(by_seed(finished[finished["variant"] == variant], design.metric), base,
+                                 design.level)
+        found = verdict(diff, COMPARED[design.metric], design.margin)
+        need = seeds_to_resolve(diff, design.margin) if found is Verdict.UNRESOLVED else None
+        rows[variant] = {"n": diff.n if diff else 0, "mean": diff.mean if diff else None,
+                         "lo": diff.lo if diff and diff.n > 1 else None, "hi": diff.hi if diff and diff.n > 1 else None,
+                         "verdict": found.value, "seeds_needed": need}
+    return rows
+
+
+def _median_wall_s(root: Path, sweep: str) -> float | None:
+    runs, _ = collect(root, [sweep])
+    walls = np.asarray(done(runs).get("wall_s", []), dtype=float)
+    walls = walls[np.isfinite(walls)]
+    return float(np.median(walls)) if walls.size else None
+
+
+def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, workers: int, root: Path,
+                 options: AdaptiveOptions, argv: list[str], as_json: bool, name: str | None = None,
+                 metric: str = "val_nll") -> dict[str, Any]:
+    """Rounds of `run_sweep` at growing seed counts under one sweep name; returns the summary
+    (name, looks made, last verdicts, why it stopped), also kept in <sweep>/adaptive.json.
+
+    `argv` is the plain sweep command of the spec (without --seeds and --name), which each round
+    extends so that its manifest and its workers run exactly that round.
+    """
+    plan = load_plan(spec_path, budget=budget, overrides=parse_set(set_items))
+    if plan.baseline is None:
+        raise UserError(f"{spec_path}: adaptive seeds compare variants with a baseline: set baseline in [experiment]")
+    variants = list(dict.fromkeys(r.variant for r in plan.runs))
+    runs_per_seed = len(plan.unique_runs) / len(plan.seeds)  # variants that resolve to one config train once
+    design = Design(options.first, STEP, options.max_seeds, len(variants) - 1, metric, options.margin)
+    sweep = name or (plan.name if options.from_spec else f"{plan.name}-adaptive")
+    path = adaptive_path(root, sweep)
+    record = load_adaptive(root, sweep)
+    if record and not design.matches(record):
+        raise UserError(f"adaptive sweep {sweep!r} was started with looks at {record.get('looks_planned')} seeds, "
+                        f"margin {record.get('margin')}, {record.get('comparisons')} comparisons; run it with the "
+                        "same options, or give another --name")
+    spent = float((record or {}).get("elapsed_s", 0.0))
+    t0 = time.monotonic()
+    looks: list[dict[str, Any]] = []
+    trained = 0
+    stopped = f"seed cap ({design.max_seeds} seeds) reached"
+
+    def save(reason: str | None) -> None:
+        write_json(path, {**design.to_json(), "looks": looks, "stopped": reason,
+                          "elapsed_s": round(spent + time.monotonic() - t0, 1)})
+
+    for n in design.looks:
+        wall = _median_wall_s(root, sweep) if looks else None
+        if wall is not None:
+            more_s = (n - looks[-1]["n"]) * runs_per_seed * wall / workers
+            elapsed = spent + time.monotonic() - t0
+            if elapsed + more_s > 60 * options.max_minutes:
+                stopped = (f"time cap: {n} seeds would take about {more_s / 60:.0f} more minutes after "
+                           f"{elapsed / 60:.0f} of {options.max_minutes:g}")
+                break
+        out = run_sweep(axis=None, experiment=spec_path, set_items=set_items, budget=budget, seeds=n, workers=workers,
+                        storage=None, retry_failed=False, dry_run=False, root=root, as_json=as_json,
+                        as_worker=False, argv=[*argv, "--seeds", str(n), "--name", sweep], name=sweep)
+        trained += int((out or {}).get("trained", 0))
+        looks.append({"n": n, "rows": look(root, sweep, design, plan.baseline)})
+        save(None)
+        if all(Verdict(r["verdict"]).settled for r in looks[-1]["rows"].values()):
+            stopped = f"every {metric} difference resolved or equivalent at {n} seeds"
+            break
+    save(stopped)
+    last = looks[-1]["rows"] if looks else {}
+    return {"name": sweep, "looks": [lk["n"] for lk in looks], "level": design.level, "stopped": stopped,
+            "trained": trained,
+            "verdicts": {v: r["verdict"] for v, r in last.items()},
+            "seeds_needed": {v: r["seeds_needed"] for v, r in last.items() if r["seeds_needed"] is not None}}

@@ -1,0 +1,144 @@
+"""Collecting finished sweeps: manifests, the runs' final.json and curve.csv, the adaptive design.
+
+Everything downstream (tables, figures, the `plan` verb, the adaptive sweep's looks) reads
+the two frames built here, so a run's state and numbers are interpreted in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mirai_lab.errors import UserError
+from mirai_lab.runs.state import RunState, run_state
+from mirai_lab.runs.store import read_json, run_dir
+
+CURVE_COLUMNS = ["run_id", "step", "images_seen", "wall_s", "metric", "value"]
+
+
+def sweeps_dir(results: Path) -> Path:
+    return Path(results) / "sweeps"
+
+
+def adaptive_path(results: Path, sweep: str) -> Path:
+    """Where an adaptive sweep records its design and looks (beside its manifest)."""
+    return sweeps_dir(results) / sweep / "adaptive.json"
+
+
+def load_manifests(results: Path, sweeps: list[str]) -> dict[str, dict[str, Any]]:
+    """The manifests of the named sweeps, in the order given; a missing one is a one-line UserError."""
+    if not sweeps:
+        raise UserError("no sweep named: give at least one sweep to report")
+    manifests = {}
+    for name in sweeps:
+        path = sweeps_dir(results) / name / "manifest.json"
+        if not path.exists():
+            found = sorted(p.parent.name for p in sweeps_dir(results).glob("*/manifest.json"))
+            raise UserError(f"no sweep {name!r} in {sweeps_dir(results)} (existing: {', '.join(found) or 'none'})")
+        manifest = read_optional(path)
+        runs = manifest.get("runs") if isinstance(manifest, dict) else None
+        if not isinstance(runs, list) or not runs:
+            raise UserError(f"{path} has no runs: expected a sweep manifest with a non-empty 'runs' list")
+        bad = [r for r in runs if not (isinstance(r, dict) and {"run_id", "variant", "seed"} <= r.keys())]
+        if bad:
+            raise UserError(f"{path}: run entry {bad[0]!r} lacks run_id, variant or seed")
+        manifests[name] = manifest
+    return manifests
+
+
+def read_optional(path: Path) -> dict[str, Any]:
+    """A JSON file's content, {} when it does not exist; invalid JSON is a one-line UserError."""
+    if not path.exists():
+        return {}
+    try:
+        return read_json(path)
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+
+
+def load_adaptive(results: Path, sweep: str) -> dict[str, Any] | None:
+    """The adaptive design of a sweep (level, margin, looks), or None for a fixed-seed sweep."""
+    return read_optional(adaptive_path(results, sweep)) or None
+
+
+def _flatten_final(final: dict[str, Any]) -> dict[str, float]:
+    """Numeric scalars of final.json; floors become columns named floor.<kind>.<metric>."""
+    flat = {key: float(v) for key, v in final.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
+    for kind, values in (final.get("floors") or {}).items():
+        flat.update({f"floor.{kind}.{m}": float(v) for m, v in (values or {}).items()
+                     if isinstance(v, int | float) and not isinstance(v, bool)})
+    return flat
+
+
+def _variant_order(manifest: dict[str, Any]) -> list[str]:
+    """Manifest order of first appearance, the baseline moved to the front."""
+    variants = list(dict.fromkeys(run["variant"] for run in manifest["runs"]))
+    baseline = manifest.get("baseline")
+    return [baseline, *(v for v in variants if v != baseline)] if baseline in variants else variants
+
+
+def _run_rows(results: Path, manifests: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for sweep, manifest in manifests.items():
+        paper = manifest.get("paper") or {}
+        for variant in _variant_order(manifest):
+            for run in (r for r in manifest["runs"] if r["variant"] == variant):
+                path = run_dir(results, run["run_id"])
+                state = run_state(path)
+                status = read_optional(path / "status.json")
+                failed = state is RunState.FAILED
+                rows.append({
+                    "sweep": sweep, "label": f"{sweep}: {variant}" if len(manifests) > 1 else variant,
+                    "variant": variant, "seed": run["seed"], "run_id": run["run_id"],
+                    "is_baseline": variant == manifest.get("baseline"), "state": state.value,
+                    "error": status.get("error") if failed else None,
+                    "fail_step": status.get("step") if failed else None,
+                    "paper": (paper.get("rows") or {}).get(variant, np.nan), "paper_metric": paper.get("metric"),
+                    **(_flatten_final(read_optional(path / "final.json")) if state is RunState.DONE else {}),
+                })
+    runs = pd.DataFrame(rows)
+    runs["paper"] = pd.to_numeric(runs["paper"], errors="coerce")
+    return runs
+
+
+def _curve_rows(results: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """All curve.csv files joined with their runs (a run shared by two sweeps appears under both)."""
+    frames = []
+    for run_id in runs["run_id"].unique():
+        path = run_dir(results, run_id) / "curve.csv"
+        try:
+            # the run directory is the identity; a copied curve.csv may still carry another id
+            frames.append(pd.read_csv(path).drop(columns="run_id", errors="ignore").assign(run_id=run_id))
+        except (FileNotFoundError, pd.errors.EmptyDataError):
+            continue
+    curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
+    info = runs[["run_id", "sweep", "label", "variant", "seed", "state"]]
+    return curves.merge(info, on="run_id", how="inner")
+
+
+def collect(results: Path, sweeps: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, curves) of the named sweeps.
+
+    runs: a row per (sweep, run) with sweep, label, variant, seed, run_id, is_baseline, state
+    (a RunState value), error, fail_step, paper, paper_metric and the numeric keys of
+    final.json (floors as floor.<kind>.<metric>), ordered baseline first, then manifest order.
+    curves: the tidy curve rows with sweep, label, variant, seed and state. `label` is the
+    variant name, prefixed with the sweep when several sweeps share one report.
+    """
+    results = Path(results)
+    return frames(results, load_manifests(results, sweeps))
+
+
+def frames(results: Path, manifests: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """collect() for manifests already loaded (and checked)."""
+    runs = _run_rows(results, manifests)
+    return runs, _curve_rows(results, runs)
+
+
+def done(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of finished runs (runs or curves frame)."""
+    return frame[frame["state"] == RunState.DONE.value]

@@ -1,0 +1,188 @@
+"""Adaptive seeds: the design's looks and level, its error rate under the null by simulation,
+and the loop over a faked sweep (synthetic run directories, no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mirai_lab.errors import UserError
+from mirai_lab.experiments import adaptive
+from mirai_lab.experiments.adaptive import AdaptiveOptions, Design, adaptive_options, run_adaptive
+from mirai_lab.report.stats import Verdict, classify, t_halfwidth
+
+
+def test_design_looks_and_level():
+    design = Design(first=3, step=2, max_seeds=9, comparisons=7)
+    assert design.looks == [3, 5, 7, 9]
+    assert design.level == pytest.approx(1 - 0.05 / 28)
+    assert Design(3, 2, 8, 4).looks == [3, 5, 7, 8]
+    assert Design(4, 2, 4, 1).looks == [4] and Design(4, 2, 4, 1).level == pytest.approx(0.95)
+
+
+# ---------------------------------------------------------------- simulation under the null
+
+N_SWEEPS = 10_000
+VARIANTS = 7
+
+
+def _false_positive_rate(level: float, design: Design, rng: np.random.Generator) -> float:
+    """Simulated adaptive sweeps with no true difference: the share with a better/worse verdict at any look.
+
+    Each seed gives a baseline value and one per variant (independent normals, sd 1), so the
+    variants' differences share the baseline like a real sweep. A sweep stops at the first look
+    where every variant is settled, as run_adaptive does.
+    """
+    values = rng.normal(size=(N_SWEEPS, design.max_seeds, VARIANTS + 1))
+    diffs = values[:, :, 1:] - values[:, :, :1]
+    running = np.ones(N_SWEEPS, dtype=bool)
+    false_positive = np.zeros(N_SWEEPS, dtype=bool)
+    for n in design.looks:
+        d = diffs[:, :n]
+        mean, half = d.mean(1), t_halfwidth(d.std(1, ddof=1), n, level)
+        verdicts = classify(mean - half, mean + half, True, design.margin)
+        wrong = np.isin(verdicts, [Verdict.BETTER.value, Verdict.WORSE.value]).any(1)
+        false_positive |= running & wrong
+        running &= ~(verdicts != Verdict.UNRESOLVED.value).all(1)
+    return float(false_positive.mean())
+
+
+def test_false_positive_rate_under_the_null_is_at_most_5_percent():
+    """10,000 simulated sweeps of 7 null variants, looks at 3, 5, 7, 9 seeds, margin 0.5 sd."""
+    design = Design(first=3, step=2, max_seeds=9, comparisons=VARIANTS, margin=0.5)
+    rate = _false_positive_rate(design.level, design, np.random.default_rng(14))
+    assert rate <= 0.05
+    # the same looks at an unadjusted 95% per interval: far above 5%, the adjustment is what keeps it
+    assert _false_positive_rate(0.95, design, np.random.default_rng(14)) > 0.3
+
+
+# ---------------------------------------------------------------- options
+
+SPEC = """
+[experiment]
+name = "ad"
+budget = "smoke"
+seeds = 2
+baseline = "baseline"
+adaptive = true
+margin = 0.02
+max_seeds = 7
+max_minutes = 30
+
+[axes.v]
+baseline = { baseline = true }
+good = { foresight = { source = "ema", k = 3 } }
+same = { foresight = { source = "ema", k = 1 } }
+"""
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> Path:
+    path = tmp_path / "ad.toml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_options_from_spec_and_overrides(spec: Path):
+    opts = adaptive_options(spec, adaptive=None, margin=None, max_seeds=None, max_minutes=None, seeds=None)
+    assert opts == AdaptiveOptions(margin=0.02, max_seeds=7, max_minutes=30.0, first=3, from_spec=True)
+    opts = adaptive_options(spec, adaptive=True, margin=0.05, max_seeds=None, max_minutes=5, seeds=4)
+    assert (opts.margin, opts.max_seeds, opts.max_minutes, opts.first, opts.from_spec) == (0.05, 7, 5.0, 4, False)
+    assert adaptive_options(spec, adaptive=False, margin=None, max_seeds=None, max_minutes=None, seeds=None) is None
+    # an explicit seed count alone asks for exactly those seeds
+    assert adaptive_options(spec, adaptive=None, margin=None, max_seeds=None, max_minutes=None, seeds=2) is None
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_seeds": 0}, r"max_seeds=0: expected a positive integer"),
+    ({"margin": -0.1}, r"margin=-0.1: expected a positive number"),
+    ({"max_seeds": 4, "seeds": 5}, r"max_seeds=4: expected >= 5 \(the first look\)"),
+])
+def test_bad_options_are_one_line(spec: Path, kwargs: dict, message: str):
+    args = {"adaptive": True, "margin": None, "max_seeds": None, "max_minutes": None, "seeds": None, **kwargs}
+    with pytest.raises(UserError, match=message):
+        adaptive_options(spec, **args)
+
+
+# ---------------------------------------------------------------- the loop over a faked sweep
+
+# per-seed final val_nll: "good" is 0.1 below the baseline (resolves at once), "same" equals it within 0.001
+def _value(variant: str, seed: int) -> float:
+    base = 2.0 + 0.03 * np.sin(seed)
+    return {"baseline": base, "good": base - 0.1 + 0.002 * np.cos(seed), "same": base + 0.001 * np.cos(3 * seed)}[
+        variant]
+
+
+class FakeSweep:
+    """Stands in for run_sweep: writes the manifest and the finished runs a real round would leave."""
+
+    def __init__(self, wall_s: float = 10.0, same_drift: float = 0.0):
+        self.calls: list[tuple[int, str, list[str]]] = []
+        self.wall_s = wall_s
+        self.same_drift = same_drift
+
+    def __call__(self, *, seeds: int, root: Path, name: str, argv: list[str], **_: object) -> dict:
+        self.calls.append((seeds, name, argv))
+        runs = [{"run_id": f"{v}-{s}", "variant": v, "seed": s, "overrides": {}}
+                for v in ("baseline", "good", "same") for s in range(seeds)]
+        (root / "sweeps" / name).mkdir(parents=True, exist_ok=True)
+        (root / "sweeps" / name / "manifest.json").write_text(json.dumps(
+            {"name": name, "budget": "smoke", "seeds": list(range(seeds)), "axes": ["v"], "baseline": "baseline",
+             "command": "c", "runs": runs}))
+        trained = 0
+        for run in runs:
+            path = root / "runs" / run["run_id"]
+            if path.exists():
+                continue
+            path.mkdir(parents=True)
+            value = _value(run["variant"], run["seed"])
+            if run["variant"] == "same":
+                value += self.same_drift * (-1) ** run["seed"]
+            (path / "final.json").write_text(json.dumps({"val_nll": value, "wall_s": self.wall_s}))
+            (path / "status.json").write_text(json.dumps({"state": "done"}))
+            trained += 1
+        return {"name": name, "trained": trained}
+
+
+def _run(spec: Path, root: Path, fake: FakeSweep, monkeypatch: pytest.MonkeyPatch, **opts: object) -> dict:
+    monkeypatch.setattr(adaptive, "run_sweep", fake)
+    options = AdaptiveOptions(**{"margin": 0.02, "max_seeds": 7, "max_minutes": 30.0, "first": 3, "from_spec": True,
+                                 **opts})
+    return run_adaptive(spec_path=spec, set_items=[], budget=None, workers=1, root=root, options=options,
+                        argv=["sweep", "--experiment", str(spec)], as_json=True)
+
+
+def test_stops_when_every_difference_is_settled(spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "results"
+    fake = FakeSweep()
+    out = _run(spec, root, fake, monkeypatch)
+    assert out["verdicts"] == {"good": "better", "same": "equivalent"}
+    assert out["looks"] == [3] and "resolved or equivalent at 3 seeds" in out["stopped"]
+    assert fake.calls == [(3, "ad", ["sweep", "--experiment", str(spec), "--seeds", "3", "--name", "ad"])]
+    record = json.loads((root / "sweeps" / "ad" / "adaptive.json").read_text())
+    assert record["looks_planned"] == [3, 5, 7] and record["level"] == pytest.approx(1 - 0.05 / 6)
+    assert record["looks"][0]["rows"]["good"]["verdict"] == "better"
+
+
+def test_adds_seeds_until_the_cap_and_resumes_without_retraining(spec: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "results"
+    fake = FakeSweep(same_drift=0.05)  # "same" now flips +-0.05 around the baseline: never settles
+    out = _run(spec, root, fake, monkeypatch)
+    assert [c[0] for c in fake.calls] == [3, 5, 7] and out["looks"] == [3, 5, 7]
+    assert out["verdicts"]["same"] == "unresolved" and "seed cap" in out["stopped"]
+    assert out["trained"] == 21 and out["seeds_needed"]["same"] > 7
+    again = _run(spec, root, fake, monkeypatch)  # a resumed (or repeated) call trains nothing new
+    assert again["trained"] == 0 and again["verdicts"] == out["verdicts"]
+    with pytest.raises(UserError, match="was started with looks at"):
+        _run(spec, root, fake, monkeypatch, max_seeds=9)
+
+
+def test_time_cap_stops_before_a_round_that_would_overrun(spec: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    fake = FakeSweep(wall_s=600.0, same_drift=0.05)  # 10 minutes a run: round 2 adds 6 runs = 60 minutes
+    out = _run(spec, tmp_path / "results", fake, monkeypatch)
+    assert out["looks"] == [3] and out["stopped"].startswith("time cap: 5 seeds would take about 60 more minutes")
