@@ -36,7 +36,7 @@ from mirai_lab.errors import UserError
 from mirai_lab.evaluate.evaluator import write_sample_grid
 from mirai_lab.experiments.adaptive import adaptive_options, run_adaptive, sweep_argv
 from mirai_lab.experiments.reproduce import reproduce_table, write_report_environment
-from mirai_lab.experiments.spec import SPECS_DIR, axis_spec_path
+from mirai_lab.experiments.spec import SPECS_DIR, axis_spec_path, parse_variant_seeds
 from mirai_lab.experiments.sweep_verb import run_sweep
 from mirai_lab.experiments.tune import TuneOptions, run_tune
 from mirai_lab.foresight.dinov2 import prepare_dinov2
@@ -231,6 +231,9 @@ def sweep(
     rerun_stale: Annotated[bool, typer.Option("--rerun-stale", help="Train again the runs an older code version "
                                                                      "computed (docs/provenance.md).")] = False,
     name: NameOpt = None,
+    variant_seeds: Annotated[list[str] | None, typer.Option(
+        "--variant-seeds", help="VARIANT=N: train only the first N seeds of one variant (repeatable; the "
+                                "adaptive rounds use it to add seeds where they are needed).")] = None,
     tracker: TrackerOpt = None,
     adaptive: AdaptiveOpt = None,
     margin: MarginOpt = None,
@@ -263,7 +266,7 @@ def sweep(
     out = run_sweep(axis=axis, experiment=experiment, set_items=set_ or [], budget=budget, seeds=seeds,
                     workers=workers, storage=storage, retry_failed=retry_failed, dry_run=dry_run,
                     root=_root(results_dir), as_json=as_json, as_worker=as_worker, argv=sys.argv[1:], name=name,
-                    rerun_stale=rerun_stale)
+                    rerun_stale=rerun_stale, variant_seeds=parse_variant_seeds(variant_seeds or []) or None)
     if as_json and out is not None:
         print(json.dumps(out, sort_keys=True, default=str))
 

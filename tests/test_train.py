@@ -161,8 +161,10 @@ def test_the_cuda_step_has_no_synchronisation(tmp_path, tiny_overrides):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_the_last_curve_point_is_the_final_evaluation(tmp_path, tiny_overrides, monkeypatch):
-    """C1: the curve ends at final.json's sample metrics (eval.n_samples_final), with n_samples rows."""
+@pytest.mark.parametrize("in_training", [True, False])
+def test_the_last_curve_point_is_the_final_evaluation(tmp_path, tiny_overrides, monkeypatch, in_training):
+    """C1: the curve ends at final.json's sample metrics (eval.n_samples_final), with n_samples rows;
+    with eval.metrics_in_training=false the eval points in between log val_nll only."""
     def sample_metrics(self, images, labels):
         return {"fid_domain": float(images.mean()) * 100 + len(images), "class_acc": 0.5}
 
@@ -170,7 +172,7 @@ def test_the_last_curve_point_is_the_final_evaluation(tmp_path, tiny_overrides, 
     monkeypatch.setattr(Evaluator, "floors", lambda self, n: {})
     monkeypatch.setattr(Evaluator, "classifier", property(lambda self: types.SimpleNamespace(val_accuracy=1.0)))
     cfg = build_config(None, {**tiny_overrides, "eval.metrics": True, "eval.n_samples": 8, "eval.n_samples_final": 20,
-                              "train.val_every": 3})
+                              "train.val_every": 3, "eval.metrics_in_training": in_training})
     trainer = Trainer(cfg, tmp_path)
     final = trainer.run()
     rows = curve_rows(trainer.dir / "curve.csv")
@@ -179,7 +181,10 @@ def test_the_last_curve_point_is_the_final_evaluation(tmp_path, tiny_overrides, 
         by_step.setdefault(int(step), {})[metric] = value
     assert sorted(by_step) == [3, 6, 9, 12]
     assert set(by_step[3]) == set(by_step[9]) == {"train_ntp", "val_nll"}
-    assert by_step[6]["n_samples"] == 8 and "fid_domain" in by_step[6]
+    if in_training:
+        assert by_step[6]["n_samples"] == 8 and "fid_domain" in by_step[6]
+    else:
+        assert set(by_step[6]) == {"train_ntp", "val_nll"}
     last = by_step[12]
     assert last["n_samples"] == 20 == final["n_samples_final"]
     assert (last["fid_domain"], last["class_acc"], last["val_nll"]) == \

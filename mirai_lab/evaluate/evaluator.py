@@ -1,7 +1,8 @@
 """What a run measures during and after training, on the EMA weights.
 
-In training (every eval interval): validation NLL always; with `eval.metrics` the domain
-metrics and class accuracy of `eval.n_samples` CFG samples. At the end: the same at
+In training (every eval interval): validation NLL always; with `eval.metrics` (and
+`eval.metrics_in_training`) the domain metrics and class accuracy of `eval.n_samples` CFG
+samples. At the end: the same at
 `eval.n_samples_final`, the 2D-structure score, and the floors at that sample count, so a
 reader of final.json can tell signal from noise. Sampling noise comes from a generator keyed
 by (train.seed, step) (training/rng.py): the variants of one seed draw the same noise at the
@@ -99,7 +100,7 @@ class Evaluator:
     def in_training(self, model: GPT, step: int, samples: bool = True) -> dict[str, float]:
         """val_nll (dense points); with `samples`, also the sample metrics at eval.n_samples and their count."""
         row = {"val_nll": self.val_nll(model)}
-        if samples and self.cfg.eval.metrics and self.has_pixels:
+        if samples and self.cfg.eval.metrics and self.cfg.eval.metrics_in_training and self.has_pixels:
             n = self.cfg.eval.n_samples
             row.update(self.sample_metrics(*self.samples(model, n, step)), n_samples=n)
         return row

@@ -1,22 +1,28 @@
-"""Adaptive seeds: add seeds in rounds until every variant's difference is resolved or equivalent.
+"""Adaptive seeds: add seeds in rounds, only where they are needed, until every variant's
+difference is resolved, shown equivalent, or out of reach.
 
 A sweep is trained at `first` seeds, then `first + step`, ... up to `max_seeds` (the planned
 looks). After each round every variant's difference to the baseline on the stopping metric
-(val_nll by default) gets its verdict; the loop stops when none is unresolved, when the
-seed cap is reached, or before a round that would overrun the wall-time cap.
+(val_nll by default) gets its verdict. The next round adds seeds to the variants still
+unresolved whose plug-in seed count (report/stats.seeds_to_resolve at the observed spread)
+is within `max_seeds`, and to the baseline they pair with; a settled variant keeps its
+seeds, and so does a futile one (it would need more than the cap: its row says how many).
+The loop stops when no variant needs another round, at the seed cap, or before a round that
+would end past the wall-time cap.
 
-Error rate over repeated looks: each look's interval is at level 1 - alpha / (L * V) for L
-planned looks and V comparisons (Bonferroni). By the union bound, the probability that any
-interval of any look misses its true difference is at most alpha, whatever the dependence
-between looks (nested seeds) and variants (a shared baseline), and whenever the loop stops;
-so a false "better"/"worse" anywhere in the sweep has probability <= alpha. The report uses
-the same level for every row of an adaptive sweep (docs/statistics.md compares this choice
-with alpha spending and confidence sequences).
+Error rate over repeated looks: each look's interval is at level 1 - alpha / L for L planned
+looks (Bonferroni over looks). By the union bound, the probability that any of a row's
+intervals misses its true difference is at most alpha, whatever the dependence between the
+looks (nested seeds) and whenever the row stops; so each row's "better"/"worse" is wrong with
+probability <= alpha. Stopping a row early (settled or futile) never adds a verdict, so it
+keeps the bound. The rate is per row, as a paper table states one interval per row; the
+chance that some row of V is wrong is at most V * alpha (docs/statistics.md).
 
 Every round is the ordinary sweep (experiments/sweep_verb.run_sweep) at more seeds under one
-fixed sweep name: runs are content-addressed, so a new round trains only the new seeds, and a
-killed adaptive sweep resumes by running the same command (the looks are recomputed from the
-finished runs, the time already spent is kept in adaptive.json).
+fixed sweep name, with `--variant-seeds` for the variants that stay where they are: runs are
+content-addressed, so a new round trains only the new runs, and a killed adaptive sweep
+resumes by running the same command (the looks are recomputed from the finished runs, which
+gives the same rounds again; the time already spent is kept in adaptive.json).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 from mirai_lab.config import parse_set, read_toml
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.spec import load_plan
+from mirai_lab.experiments.sweep import to_train
 from mirai_lab.experiments.sweep_verb import run_sweep
 from mirai_lab.report.collect import adaptive_path, collect, done, load_adaptive
 from mirai_lab.report.stats import COMPARED, Verdict, by_seed, paired_difference, seeds_to_resolve, verdict
@@ -44,12 +51,11 @@ DEFAULTS = {"margin": 0.01, "max_seeds": 10, "max_minutes": 60.0}
 
 @dataclass(frozen=True)
 class Design:
-    """The planned looks and the per-interval level that keeps the error rate over all of them."""
+    """The planned looks and the per-interval level that keeps each row's error rate over all of them."""
 
     first: int
     step: int
     max_seeds: int
-    comparisons: int
     metric: str = "val_nll"
     margin: float = 0.01
     alpha: float = ALPHA
@@ -61,7 +67,7 @@ class Design:
 
     @property
     def level(self) -> float:
-        return 1.0 - self.alpha / (len(self.looks) * max(1, self.comparisons))
+        return 1.0 - self.alpha / len(self.looks)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "looks_planned": self.looks, "level": self.level}
@@ -154,6 +160,15 @@ def _median_wall_s(root: Path, sweep: str) -> float | None:
     return float(np.median(walls)) if walls.size else None
 
 
+def needs_more(row: dict[str, Any], max_seeds: int) -> bool:
+    """Whether a row gets the next round's seeds: unresolved, and resolvable within the cap at
+    its observed spread (a row whose spread is unknown, n < 2, always gets them)."""
+    if Verdict(row["verdict"]).settled:
+        return False
+    need = row["seeds_needed"]
+    return row["n"] < 2 or (need is not None and need <= max_seeds)
+
+
 def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, workers: int, root: Path,
                  options: AdaptiveOptions, argv: list[str], as_json: bool, name: str | None = None,
                  metric: str = "val_nll") -> dict[str, Any]:
@@ -163,22 +178,23 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
     `argv` is the plain sweep command of the spec (without --seeds and --name), which each round
     extends so that its manifest and its workers run exactly that round.
     """
-    plan = load_plan(spec_path, budget=budget, overrides=parse_set(set_items))
+    overrides = parse_set(set_items)
+    plan = load_plan(spec_path, budget=budget, overrides=overrides)
     if plan.baseline is None:
         raise UserError(f"{spec_path}: adaptive seeds compare variants with a baseline: set baseline in [experiment]")
     variants = list(dict.fromkeys(r.variant for r in plan.runs))
-    runs_per_seed = len(plan.unique_runs) / len(plan.seeds)  # variants that resolve to one config train once
-    design = Design(options.first, STEP, options.max_seeds, len(variants) - 1, metric, options.margin)
+    design = Design(options.first, STEP, options.max_seeds, metric, options.margin)
     sweep = name or (plan.name if options.from_spec else f"{plan.name}-adaptive")
     path = adaptive_path(root, sweep)
     record = load_adaptive(root, sweep)
     if record and not design.matches(record):
         raise UserError(f"adaptive sweep {sweep!r} was started with looks at {record.get('looks_planned')} seeds, "
-                        f"margin {record.get('margin')}, {record.get('comparisons')} comparisons; run it with the "
-                        "same options, or give another --name")
+                        f"margin {record.get('margin')}, level {record.get('level')}; run it with the same "
+                        "options, or give another --name")
     spent = float((record or {}).get("elapsed_s", 0.0))
     t0 = time.monotonic()
     looks: list[dict[str, Any]] = []
+    seeds = {v: 0 for v in variants}  # seeds each variant has been given so far
     trained = 0
     stopped = f"seed cap ({design.max_seeds} seeds) reached"
 
@@ -186,27 +202,37 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
         write_json(path, {**design.to_json(), "looks": looks, "stopped": reason,
                           "elapsed_s": round(spent + time.monotonic() - t0, 1)})
 
+    active = [v for v in variants if v != plan.baseline]
     for n in design.looks:
+        target = {**seeds, plan.baseline: n, **dict.fromkeys(active, n)}
+        fewer = {v: k for v, k in target.items() if k < n}
+        round_plan = load_plan(spec_path, budget=budget, seeds=n, overrides=overrides, name=sweep,
+                               variant_seeds=fewer or None)
         wall = _median_wall_s(root, sweep) if looks else None
         if wall is not None:
-            more_s = (n - looks[-1]["n"]) * runs_per_seed * wall / workers
+            more_s = len(to_train(round_plan, root, retry_failed=False)) * wall / workers
             elapsed = spent + time.monotonic() - t0
             if elapsed + more_s > 60 * options.max_minutes:
-                stopped = (f"time cap: {n} seeds would take about {more_s / 60:.0f} more minutes after "
-                           f"{elapsed / 60:.0f} of {options.max_minutes:g}")
+                stopped = (f"time cap: {n} seeds for {len(active)} variant(s) would take about {more_s / 60:.0f} "
+                           f"more minutes after {elapsed / 60:.0f} of {options.max_minutes:g}")
                 break
         out = run_sweep(axis=None, experiment=spec_path, set_items=set_items, budget=budget, seeds=n, workers=workers,
                         storage=None, retry_failed=False, dry_run=False, root=root, as_json=as_json,
-                        as_worker=False, argv=[*argv, "--seeds", str(n), "--name", sweep], name=sweep)
+                        as_worker=False, name=sweep, variant_seeds=fewer or None,
+                        argv=[*argv, "--seeds", str(n), "--name", sweep,
+                              *(arg for v, k in fewer.items() for arg in ("--variant-seeds", f"{v}={k}"))])
+        seeds = target
         trained += int((out or {}).get("trained", 0))
-        looks.append({"n": n, "rows": look(root, sweep, design, plan.baseline)})
+        looks.append({"n": n, "seeds": dict(seeds), "rows": look(root, sweep, design, plan.baseline)})
         save(None)
-        if all(Verdict(r["verdict"]).settled for r in looks[-1]["rows"].values()):
-            stopped = f"every {metric} difference resolved or equivalent at {n} seeds"
+        active = [v for v, row in looks[-1]["rows"].items() if needs_more(row, design.max_seeds)]
+        if not active:
+            stopped = (f"every {metric} difference resolved, equivalent, or out of reach of {design.max_seeds} "
+                       f"seeds at {n} seeds")
             break
     save(stopped)
     last = looks[-1]["rows"] if looks else {}
     return {"name": sweep, "looks": [lk["n"] for lk in looks], "level": design.level, "stopped": stopped,
-            "trained": trained,
+            "trained": trained, "seeds": seeds,
             "verdicts": {v: r["verdict"] for v, r in last.items()},
             "seeds_needed": {v: r["seeds_needed"] for v, r in last.items() if r["seeds_needed"] is not None}}

@@ -21,8 +21,8 @@ Several axes expand to their product; a variant's name joins its axis values wit
 
 A sweep's folder is named by what it holds: the spec's name, then `-<budget>` when the
 budget is not the spec's, `-s<n>` when the seeds are not the spec's, `-set<hash>` for --set
-overrides; an explicit name replaces all of it. So `sweep --axis k --set foresight.coef=0.5`
-never replaces the manifest of `sweep --axis k`.
+overrides, `-vs<hash>` for per-variant seed counts; an explicit name replaces all of it. So
+`sweep --axis k --set foresight.coef=0.5` never replaces the manifest of `sweep --axis k`.
 """
 
 from __future__ import annotations
@@ -125,8 +125,13 @@ def _variant_overrides(name: str, table: Any, where: str) -> dict[str, Any]:
 
 
 def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = None, seeds: int | None = None,
-                   overrides: dict[str, Any] | None = None, name: str | None = None) -> Plan:
-    """Validate a spec and expand it into runs (every config is built, so errors surface now)."""
+                   overrides: dict[str, Any] | None = None, name: str | None = None,
+                   variant_seeds: dict[str, int] | None = None) -> Plan:
+    """Validate a spec and expand it into runs (every config is built, so errors surface now).
+
+    `variant_seeds` gives some variants fewer seeds (the first n of the seed list): the adaptive
+    sweep's rounds add seeds only to the variants still unresolved.
+    """
     unknown = set(spec) - SPEC_TABLES
     if unknown:
         raise UserError(f"{where}: unknown table(s) {', '.join(sorted(unknown))}; "
@@ -150,7 +155,7 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
     if name is not None:
         _check_name(name, "--name")
     sweep_name = name or sweep_name_for(spec_name, budget_name if budget_name != spec_budget else None,
-                                        seed_list if seed_list != spec_seeds else None, overrides)
+                                        seed_list if seed_list != spec_seeds else None, overrides, variant_seeds)
     base = spec.get("base", {})
     if not isinstance(base, dict) or set(base) - set(SECTIONS):
         raise UserError(f"{where}: [base] must hold run-config tables ({', '.join(SECTIONS)})")
@@ -202,9 +207,38 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
     variants = list(dict.fromkeys(r.variant for r in runs))
     if baseline is not None and baseline not in variants:
         raise UserError(f"{where}: baseline={baseline!r} is not a variant ({', '.join(variants)})")
+    if variant_seeds:
+        runs = _fewer_seeds(runs, seed_list, variant_seeds, variants)
     paper = spec.get("paper")
     return Plan(sweep_name, budget_name, seed_list, list(axes), baseline, runs, paper, spec,
                 duplicate_variants(runs, where))
+
+
+def _fewer_seeds(runs: list[PlannedRun], seed_list: list[int], variant_seeds: dict[str, int],
+                 variants: list[str]) -> list[PlannedRun]:
+    """The runs left when variant v keeps only the first variant_seeds[v] seeds; a run another
+    kept run reads (static teacher) is kept too."""
+    for variant, n in variant_seeds.items():
+        if variant not in variants:
+            raise UserError(f"--variant-seeds {variant}={n}: no variant {variant!r} (expected one of "
+                            f"{', '.join(variants)})")
+        if not 1 <= n <= len(seed_list):
+            raise UserError(f"--variant-seeds {variant}={n}: expected 1 <= seeds <= {len(seed_list)} (the sweep's)")
+    keep = [r for r in runs if seed_list.index(r.seed) < variant_seeds.get(r.variant, len(seed_list))]
+    needed = {r.depends_on for r in keep if r.depends_on}
+    kept = {r.run_id for r in keep}
+    return [r for r in runs if r.run_id in kept or r.run_id in needed]
+
+
+def parse_variant_seeds(items: list[str]) -> dict[str, int]:
+    """--variant-seeds NAME=N items as {name: n}; a malformed item is a one-line UserError."""
+    out: dict[str, int] = {}
+    for item in items:
+        variant, sep, count = item.rpartition("=")
+        if not sep or not variant or not count.strip().isdigit():
+            raise UserError(f"--variant-seeds {item!r}: expected VARIANT=N with N a positive integer")
+        out[variant] = int(count)
+    return out
 
 
 def _check_name(value: Any, what: str) -> None:
@@ -213,7 +247,7 @@ def _check_name(value: Any, what: str) -> None:
 
 
 def sweep_name_for(spec_name: str, budget: str | None, seeds: list[int] | None,
-                   overrides: dict[str, Any] | None) -> str:
+                   overrides: dict[str, Any] | None, variant_seeds: dict[str, int] | None = None) -> str:
     """The spec's name plus what makes this sweep differ from the spec (module docstring)."""
     parts = [spec_name]
     if budget is not None:
@@ -222,6 +256,8 @@ def sweep_name_for(spec_name: str, budget: str | None, seeds: list[int] | None,
         parts.append(f"s{len(seeds)}" if seeds == list(range(len(seeds))) else f"s{content_hash(seeds, 6)}")
     if overrides:
         parts.append(f"set{content_hash(overrides, 6)}")
+    if variant_seeds:
+        parts.append(f"vs{content_hash(variant_seeds, 6)}")
     return "-".join(parts)
 
 

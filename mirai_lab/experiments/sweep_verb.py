@@ -36,13 +36,14 @@ console = Console(stderr=True)
 def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str], budget: str | None,
               seeds: int | None, workers: int, storage: str | None, retry_failed: bool, dry_run: bool,
               root: Path, as_json: bool, as_worker: bool, argv: list[str], name: str | None = None,
-              rerun_stale: bool = False) -> dict[str, Any] | None:
+              rerun_stale: bool = False, variant_seeds: dict[str, int] | None = None) -> dict[str, Any] | None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("sweep runs one process per run: start one sweep worker per GPU (CUDA_VISIBLE_DEVICES), "
                         "not under torchrun")
     check_storage_url(storage, 1 if as_worker else workers)
     path = axis_spec_path(axis) if axis else Path(experiment)  # type: ignore[arg-type]
-    plan = load_plan(path, budget=budget, seeds=seeds, overrides=parse_set(set_items), name=name)
+    plan = load_plan(path, budget=budget, seeds=seeds, overrides=parse_set(set_items), name=name,
+                     variant_seeds=variant_seeds)
     if as_worker:
         write_manifest(plan, root, "mirai-lab " + shlex.join(argv))
         threads = int(os.environ.get("MIRAI_LAB_WORKER_THREADS", "0")) or None

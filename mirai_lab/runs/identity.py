@@ -21,9 +21,11 @@ def run_id_of(cfg: RunConfig) -> str:
     """Hash of the resolved config without the `NOT_IDENTITY` train settings, so that adding
     one of them kept the ids of existing runs. train.precision "auto" is hashed as "fp32", the
     default it replaced: it resolves per machine at run time (training/precision.py) and the
-    run's provenance records what it trained in."""
+    run's provenance records what it trained in. eval.metrics_in_training is hashed only when off."""
     d = cfg.to_dict()
     d["train"] = {k: v for k, v in d["train"].items() if k not in NOT_IDENTITY}
     if d["train"]["precision"] == "auto":  # the default since it replaced fp32: the ids of fp32 runs stand
         d["train"]["precision"] = "fp32"
+    if d["eval"]["metrics_in_training"]:  # added later with this default: runs made before keep their ids
+        del d["eval"]["metrics_in_training"]
     return content_hash(d)
