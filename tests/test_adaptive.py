@@ -114,11 +114,12 @@ def test_bad_options_are_one_line(spec: Path, kwargs: dict, message: str):
 # ---------------------------------------------------------------- the loop over a faked sweep
 
 # per-seed final val_nll: "good" is 0.1 below the baseline (resolves at once), "same" equals it
-# within 0.001, "slow" is 0.03 below it +-0.015 by seed (resolves at 7 seeds: needs 6 at 3 and 5)
+# within 0.001, "slow" is 0.03 below it +-0.015 by seed (resolves at 7 seeds: needs 6 at 3 and 5),
+# "slower" +-0.016 (needs 7 at 3 seeds)
 def _value(variant: str, seed: int) -> float:
     base = 2.0 + 0.03 * np.sin(seed)
     return {"baseline": base, "good": base - 0.1 + 0.002 * np.cos(seed), "same": base + 0.001 * np.cos(3 * seed),
-            "slow": base - 0.03 + 0.015 * (-1) ** seed}[variant]
+            "slow": base - 0.03 + 0.015 * (-1) ** seed, "slower": base - 0.03 + 0.016 * (-1) ** seed}[variant]
 
 
 class FakeSweep:
@@ -202,4 +203,23 @@ def test_time_cap_stops_before_a_round_that_would_overrun(tmp_path: Path, monkey
     fake = FakeSweep(wall_s=600.0)
     out = _run(path, tmp_path / "results", fake, monkeypatch)
     assert out["looks"] == [3]
-    assert out["stopped"].startswith("time cap: 5 seeds for 1 variant(s) would take about 40 more minutes")
+    assert out["stopped"].startswith("time cap: 5 seeds for even 1 of 1 unresolved variant(s) would take about 40 "
+                                     "more minutes")
+
+
+def test_a_round_over_the_time_cap_grows_the_rows_closest_to_an_answer(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "ad.toml"
+    path.write_text(SPEC + 'slow = { foresight = { source = "ema", k = 3, coef = 0.5 } }\n'
+                    'slower = { foresight = { source = "ema", k = 3, coef = 0.25 } }\n')
+    # 10 minutes a run, 45 allowed: slow (needs 6) and slower (needs 7) with the baseline = 6 runs = 60
+    # minutes do not fit; slow alone with the baseline = 4 runs = 40 do
+    fake = FakeSweep(wall_s=600.0)
+    out = _run(path, tmp_path / "results", fake, monkeypatch, max_minutes=45.0)
+    record = json.loads((tmp_path / "results" / "sweeps" / "ad" / "adaptive.json").read_text())
+    assert record["looks"][0]["rows"]["slow"]["seeds_needed"] == 6
+    assert record["looks"][0]["rows"]["slower"]["seeds_needed"] == 7
+    # each later round (the fake trains instantly: only the round's own 40 or 60+ minutes count) grows slow only
+    assert out["looks"] == [3, 5, 7] and [lk["grown"] for lk in record["looks"][1:]] == [["slow"], ["slow"]]
+    assert out["seeds"] == {"baseline": 7, "good": 3, "same": 3, "slow": 7, "slower": 3}
+    assert out["verdicts"]["slow"] == "better" and out["verdicts"]["slower"] == "unresolved"

@@ -84,7 +84,7 @@ def test_encoder_feature_cache_replaced_by_text_is_rebuilt(tmp_path, tiny_overri
     path.write_text("not a tensor file")
     again = encoder_features("mtm", "full", data, tmp_path, steps=2)
     assert_one_warning(capsys, "unreadable or truncated")
-    assert built == {"tokens": 1, "features": 2} and torch.equal(again, feats)
+    assert built == {"tokens": 1, "encoder": 1, "features": 2} and torch.equal(again, feats)  # weights reused
 
 
 def small_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

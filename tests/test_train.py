@@ -213,6 +213,15 @@ def test_foresight_variants_log_per_head_curves(tmp_path, tiny_overrides, overri
     assert {f"{prefix}{k}" for k in range(cfg.foresight.k)} <= metrics
     if prefix == "align_loss_k":
         assert {f"align_cos_k{k}" for k in range(cfg.foresight.k)} <= metrics
+    # a Mirai-I run reports its source's own quality beside its results; the others do not
+    quality = {k for k in final if k.startswith("encoder_")}
+    if cfg.foresight.source == "bidirectional":
+        score = "encoder_mask_acc" if cfg.foresight.encoder == "mtm" else "encoder_mask_mse"
+        assert quality == {score, score + ("_majority" if score.endswith("acc") else "_mean"), "encoder_probe_acc",
+                           "encoder_probe_chance"}
+        assert 0.0 <= final["encoder_probe_acc"] <= 1.0
+    else:
+        assert not quality
     # the sampled model is exactly the baseline architecture: no projector in the model state dict
     ckpt = load_tensors(trainer.dir / "checkpoint.pt")
     baseline = build_config(None, tiny_overrides)

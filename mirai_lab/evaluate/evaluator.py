@@ -24,6 +24,8 @@ from mirai_lab.data.types import TokenData
 from mirai_lab.evaluate.classifier import train_domain_classifier
 from mirai_lab.evaluate.fidelity import class_accuracy, domain_metrics, floors, inception_metrics
 from mirai_lab.evaluate.structure import structure_map, structure_score
+from mirai_lab.foresight.encoder_quality import QUALITY_KEYS, encoder_quality
+from mirai_lab.foresight.encoders import IN_PROJECT
 from mirai_lab.model.gpt import GPT
 from mirai_lab.model.sample import sample_tokens
 from mirai_lab.runs.cache import load_or_build
@@ -33,7 +35,7 @@ from mirai_lab.training.rng import stream_generator
 SAMPLE_CHUNK = 500
 # final.json entries that are not sample metrics: settings, counts, references, or logged on the curve already
 NOT_ON_CURVE = {"val_nll", "structure_block", "structure_score", "tokenizer_mse", "n_samples_final",
-                "classifier_val_acc", "steps", "params", "wall_s"}
+                "classifier_val_acc", "steps", "params", "wall_s", *QUALITY_KEYS}
 
 
 class Evaluator:
@@ -150,6 +152,8 @@ class Evaluator:
                 out.update(self.sample_metrics(images, labels))
                 out["floors"] = self.floors(n)
                 out["classifier_val_acc"] = self.classifier.val_accuracy
+        if f.source == "bidirectional" and f.encoder in IN_PROJECT:  # the Mirai-I source's own quality (cached)
+            out.update(encoder_quality(f.encoder, f.visibility, self.data, self.cache, f.encoder_steps))
         out["structure_block"] = block
         out["structure_score"] = self.structure(model, block, run_dir / "structure.png")
         out["tokenizer_mse"] = self.data.recon_mse

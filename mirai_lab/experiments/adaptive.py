@@ -8,7 +8,8 @@ unresolved whose plug-in seed count (report/stats.seeds_to_resolve at the observ
 is within `max_seeds`, and to the baseline they pair with; a settled variant keeps its
 seeds, and so does a futile one (it would need more than the cap: its row says how many).
 The loop stops when no variant needs another round, at the seed cap, or before a round that
-would end past the wall-time cap.
+would end past the wall-time cap; when the whole round would, the round is cut to the rows
+closest to an answer (fewest seeds needed, then largest |difference|) that fit.
 
 Error rate over repeated looks: each look's interval is at level 1 - alpha / L for L planned
 looks (Bonferroni over looks). By the union bound, the probability that any of a row's
@@ -27,6 +28,7 @@ gives the same rounds again; the time already spent is kept in adaptive.json).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -204,17 +206,32 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
 
     active = [v for v in variants if v != plan.baseline]
     for n in design.looks:
-        target = {**seeds, plan.baseline: n, **dict.fromkeys(active, n)}
-        fewer = {v: k for v, k in target.items() if k < n}
-        round_plan = load_plan(spec_path, budget=budget, seeds=n, overrides=overrides, name=sweep,
-                               variant_seeds=fewer or None)
+
+        def round_for(chosen: list[str], n: int = n, seeds: dict[str, int] = seeds
+                      ) -> tuple[dict[str, int], dict[str, int], int]:
+            """Seeds per variant, the variants below n, and the runs still to train, if `chosen` get n seeds."""
+            target = {**seeds, plan.baseline: n, **dict.fromkeys(chosen, n)}
+            fewer = {v: k for v, k in target.items() if k < n}
+            round_plan = load_plan(spec_path, budget=budget, seeds=n, overrides=overrides, name=sweep,
+                                   variant_seeds=fewer or None)
+            return target, fewer, len(to_train(round_plan, root, retry_failed=False))
+
+        target, fewer, _ = round_for(active)
         wall = _median_wall_s(root, sweep) if looks else None
         if wall is not None:
-            more_s = len(to_train(round_plan, root, retry_failed=False)) * wall / workers
+            # under the time cap, the rows closest to an answer go first: fewest seeds needed, then largest |mean|
+            rows = looks[-1]["rows"]
+            ranked = sorted(active, key=lambda v: (rows[v]["seeds_needed"] or math.inf, -abs(rows[v]["mean"] or 0.0)))
             elapsed = spent + time.monotonic() - t0
-            if elapsed + more_s > 60 * options.max_minutes:
-                stopped = (f"time cap: {n} seeds for {len(active)} variant(s) would take about {more_s / 60:.0f} "
-                           f"more minutes after {elapsed / 60:.0f} of {options.max_minutes:g}")
+            for k in range(len(ranked), 0, -1):
+                target, fewer, runs = round_for(ranked[:k])
+                more_s = runs * wall / workers
+                if elapsed + more_s <= 60 * options.max_minutes:
+                    active = ranked[:k]
+                    break
+            else:
+                stopped = (f"time cap: {n} seeds for even 1 of {len(active)} unresolved variant(s) would take about "
+                           f"{more_s / 60:.0f} more minutes after {elapsed / 60:.0f} of {options.max_minutes:g}")
                 break
         out = run_sweep(axis=None, experiment=spec_path, set_items=set_items, budget=budget, seeds=n, workers=workers,
                         storage=None, retry_failed=False, dry_run=False, root=root, as_json=as_json,
@@ -223,7 +240,7 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
                               *(arg for v, k in fewer.items() for arg in ("--variant-seeds", f"{v}={k}"))])
         seeds = target
         trained += int((out or {}).get("trained", 0))
-        looks.append({"n": n, "seeds": dict(seeds), "rows": look(root, sweep, design, plan.baseline)})
+        looks.append({"n": n, "seeds": dict(seeds), "grown": active, "rows": look(root, sweep, design, plan.baseline)})
         save(None)
         active = [v for v, row in looks[-1]["rows"].items() if needs_more(row, design.max_seeds)]
         if not active:

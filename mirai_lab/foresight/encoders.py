@@ -7,12 +7,14 @@
 Either may be trained with a block-causal visibility mask: a cell in row r sees rows
 <= r + b. Features are the final normed states of every cell, extracted once for every
 image and stored in fp16, so Mirai-I reads a table during AR training instead of running
-an encoder.
+an encoder. The trained weights are cached too (`encoder-<kind>-<key>.pt`), so that the
+features and the encoder's own quality (foresight/encoder_quality.py) read one training.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +29,7 @@ from mirai_lab.model.gpt import GPTShape, RMSNorm, TransformerBlock, rope_2d
 from mirai_lab.runs.cache import load_or_build
 from mirai_lab.runs.store import CorruptFile, content_hash, load_tensors, save_tensors
 
+IN_PROJECT = ("mtm", "pixel-ae")  # the encoders trained here; dinov2 is read from pre-extracted shards
 ENCODER_SETTINGS = {"n_layer": 4, "dim": 128, "n_head": 4, "batch_size": 64, "lr": 1e-3,
                     "mask_min": 0.15, "mask_max": 0.75, "seed": 0, "version": 2}
 
@@ -69,29 +72,49 @@ class BidirectionalEncoder(nn.Module):
             h = block(h, self.rope, mask=self.attn_mask)
         return self.norm(h)
 
+    def predict(self, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """The training objective's output at every cell: token logits (mtm) or pixels (pixel-ae)."""
+        return self.head(self.features(x, masked))
 
-def _inputs(kind: str, data: TokenData, idx: torch.Tensor) -> torch.Tensor:
+
+def encoder_inputs(kind: str, data: TokenData, idx: torch.Tensor) -> torch.Tensor:
+    """What the encoder of `kind` reads and reconstructs for images `idx`: (B, G) token codes or (B, G, p*p) pixels."""
     if kind == "mtm":
         return data.codes[idx]
     return to_patches(data.images.images[idx], data.tokenizer.patch)
 
 
+def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], idx: torch.Tensor, size: int = 500) -> torch.Tensor:
+    """fn over `idx` in slices of `size` images, concatenated: bounds the memory of a pass over a whole split."""
+    return torch.cat([fn(idx[i : i + size]) for i in range(0, len(idx), size)])
+
+
+def encoder_settings(kind: str, visibility: str, data: TokenData, steps: int) -> tuple[dict, str]:
+    """The settings an encoder is trained with and their hash, the key of its weights, features and quality."""
+    settings = dict(ENCODER_SETTINGS, kind=kind, visibility=visibility, data=data.key, steps=steps)
+    return settings, content_hash(settings)
+
+
+def _new_encoder(kind: str, data: TokenData, visibility: str, s: dict) -> BidirectionalEncoder:
+    in_dim = data.vocab_size if kind == "mtm" else data.tokenizer.patch ** 2
+    out_dim = data.vocab_size if kind == "mtm" else in_dim
+    return BidirectionalEncoder(kind, data.grid, in_dim, out_dim, visibility_mask(data.grid, visibility),
+                                s["n_layer"], s["dim"], s["n_head"])
+
+
 def _train_encoder(kind: str, data: TokenData, visibility: str, s: dict) -> BidirectionalEncoder:
     g = torch.Generator().manual_seed(s["seed"])
     torch.manual_seed(s["seed"])
-    in_dim = data.vocab_size if kind == "mtm" else data.tokenizer.patch ** 2
-    out_dim = data.vocab_size if kind == "mtm" else in_dim
-    enc = BidirectionalEncoder(kind, data.grid, in_dim, out_dim, visibility_mask(data.grid, visibility),
-                               s["n_layer"], s["dim"], s["n_head"])
+    enc = _new_encoder(kind, data, visibility, s)
     opt = torch.optim.AdamW(enc.parameters(), lr=s["lr"], weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / s["steps"])))
     train_idx = data.train_idx
     for _ in range(s["steps"]):
         idx = train_idx[torch.randint(len(train_idx), (s["batch_size"],), generator=g)]
-        x = _inputs(kind, data, idx)
+        x = encoder_inputs(kind, data, idx)
         ratio = s["mask_min"] + (s["mask_max"] - s["mask_min"]) * torch.rand(x.shape[0], 1, generator=g)
         masked = torch.rand(x.shape[:2], generator=g) < ratio
-        out = enc.head(enc.features(x, masked))
+        out = enc.predict(x, masked)
         if kind == "mtm":
             loss = F.cross_entropy(out[masked], x[masked])
         else:
@@ -101,6 +124,27 @@ def _train_encoder(kind: str, data: TokenData, visibility: str, s: dict) -> Bidi
         opt.step()
         sched.step()
     return enc.eval()
+
+
+def trained_encoder(kind: str, visibility: str, data: TokenData, cache: Path, steps: int = 400
+                    ) -> BidirectionalEncoder:
+    """The encoder of these settings in eval mode, trained once and its weights cached; torch's global RNG
+    is left as the caller had it (training seeds it, and building the module to load into draws from it)."""
+    settings, key = encoder_settings(kind, visibility, data, steps)
+
+    def load(path: Path) -> BidirectionalEncoder:
+        state = load_tensors(path, checked=True)["state_dict"]
+        with torch.random.fork_rng(devices=[]):
+            enc = _new_encoder(kind, data, visibility, settings)
+        enc.load_state_dict(state)  # a state of other shapes raises RuntimeError: rebuilt
+        return enc.eval()
+
+    def build() -> BidirectionalEncoder:
+        with torch.random.fork_rng(devices=[]):
+            return _train_encoder(kind, data, visibility, settings)
+
+    return load_or_build(cache / f"encoder-{kind}-{key}.pt", load, build,
+                         lambda path, enc: save_tensors(path, {"state_dict": enc.state_dict()}))
 
 
 def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path, features_dir: str = "",
@@ -115,8 +159,7 @@ def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path, f
             raise UserError("foresight.encoder='dinov2' reads pre-extracted features: run "
                             "`mirai-lab prepare --encoder dinov2 ...` and set data.features_dir")
         return load_dinov2_features(features_dir, data, weights)
-    settings = dict(ENCODER_SETTINGS, kind=kind, visibility=visibility, data=data.key, steps=steps)
-    key = content_hash(settings)
+    _, key = encoder_settings(kind, visibility, data, steps)
 
     def load(path: Path) -> torch.Tensor:
         feats = load_tensors(path, checked=True)["features"]
@@ -126,12 +169,10 @@ def encoder_features(kind: str, visibility: str, data: TokenData, cache: Path, f
         return feats
 
     def build() -> torch.Tensor:
-        with torch.random.fork_rng(devices=[]):  # encoder training seeds torch's CPU RNG: keep the caller's
-            enc = _train_encoder(kind, data, visibility, settings)
-        all_idx = torch.arange(len(data.codes))
+        enc = trained_encoder(kind, visibility, data, cache, steps)
         with torch.no_grad():
-            return torch.cat([enc.features(_inputs(kind, data, all_idx[i : i + 500])).half()
-                              for i in range(0, len(all_idx), 500)])
+            return in_chunks(lambda idx: enc.features(encoder_inputs(kind, data, idx)).half(),
+                             torch.arange(len(data.codes)))
 
     return load_or_build(cache / f"features-{kind}-{key}.pt", load, build,
                          lambda path, feats: save_tensors(path, {"features": feats}))

@@ -28,8 +28,9 @@ from mirai_lab.report.stats import (
 from mirai_lab.runs.state import RunState
 
 # Final metrics shown per variant, in column order.
+# encoder_*: the Mirai-I source's own quality (foresight/encoder_quality.py), n/a on the other rows.
 METRICS = ("fid_domain", "is_domain", "kid_domain", "precision_domain", "recall_domain", "class_acc", "val_nll",
-           "structure_score")
+           "structure_score", "encoder_probe_acc", "encoder_mask_acc", "encoder_mask_mse")
 NA = "n/a"
 
 
