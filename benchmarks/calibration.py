@@ -1,0 +1,63 @@
+"""Signal-to-noise per CPU-minute of finished sweeps of the same experiment at different budgets.
+
+    python benchmarks/calibration.py --results-dir results SWEEP [SWEEP ...] > results/calibration/README.md
+
+Per sweep and variant: the paired difference to the baseline on val_nll (mean, sd over seeds),
+its signal-to-noise (|mean| / sd), and that squared per CPU-minute of one run (the median
+`wall_s` of the sweep's runs, one thread each): the seeds a t-interval needs to resolve a
+difference grow as (sd / |mean|)^2, so (|mean| / sd)^2 / minutes is the evidence one CPU-minute
+buys. Per sweep: the pooled paired sd over all variants (the noise a row of that budget has,
+whatever its effect) and the CPU-minutes a row needs for a +-0.02 half-width at 95%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+
+from mirai_lab.report.collect import collect, done
+from mirai_lab.report.stats import by_seed, paired_difference, seeds_needed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--metric", default="val_nll")
+    args = parser.parse_args()
+    print("| sweep | steps | variant | n | mean Δ | sd Δ | |Δ|/sd | (|Δ|/sd)² per CPU-min |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    summary = []
+    for sweep in args.sweeps:
+        runs, _ = collect(args.results_dir, [sweep])
+        finished = done(runs)
+        minutes = float(np.median(finished["wall_s"].astype(float))) / 60
+        steps = int(finished["steps"].astype(float).median())
+        baseline = runs.loc[runs["is_baseline"], "variant"].iloc[0]
+        base = by_seed(finished[finished["variant"] == baseline], args.metric)
+        variances = []
+        for variant in dict.fromkeys(finished["variant"]):
+            if variant == baseline:
+                continue
+            diff = paired_difference(by_seed(finished[finished["variant"] == variant], args.metric), base)
+            if diff is None or diff.n < 2:
+                continue
+            snr = abs(diff.mean) / diff.sd if diff.sd > 0 else math.inf
+            variances.append(diff.sd ** 2)
+            print(f"| {sweep} | {steps} | {variant} | {diff.n} | {diff.mean:+.4f} | {diff.sd:.4f} | {snr:.2f} | "
+                  f"{snr ** 2 / minutes:.2f} |")
+        pooled = math.sqrt(float(np.mean(variances)))
+        need = seeds_needed(pooled, 0.02)
+        summary.append((sweep, steps, minutes, pooled, need, need * minutes if need else math.nan))
+    print("\n| sweep | steps | CPU-min per run | pooled sd Δ | seeds for ±0.02 (95%) | CPU-min per row for ±0.02 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for sweep, steps, minutes, pooled, need, cost in summary:
+        print(f"| {sweep} | {steps} | {minutes:.2f} | {pooled:.4f} | {need} | {2 * cost:.1f} |")
+    print("\n(a row's CPU-minutes count its own runs and its baseline pairs: 2 x seeds x minutes per run)")
+
+
+if __name__ == "__main__":
+    main()
