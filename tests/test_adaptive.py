@@ -13,6 +13,7 @@ from mirai_lab.errors import UserError
 from mirai_lab.experiments import adaptive
 from mirai_lab.experiments.adaptive import AdaptiveOptions, Design, adaptive_options, run_adaptive
 from mirai_lab.experiments.spec import load_plan
+from mirai_lab.report.write import write_report
 from mirai_lab.report.stats import Verdict, classify, t_halfwidth
 
 
@@ -223,3 +224,7 @@ def test_a_round_over_the_time_cap_grows_the_rows_closest_to_an_answer(tmp_path:
     assert out["looks"] == [3, 5, 7] and [lk["grown"] for lk in record["looks"][1:]] == [["slow"], ["slow"]]
     assert out["seeds"] == {"baseline": 7, "good": 3, "same": 3, "slow": 7, "slower": 3}
     assert out["verdicts"]["slow"] == "better" and out["verdicts"]["slower"] == "unresolved"
+    # the report of an adaptive sweep states the per-row level and which rows each round grew
+    report = write_report(tmp_path / "results", ["ad"], tmp_path / "report", command="test").read_text()
+    assert "Intervals: 98.33% per row" in report and "Bonferroni over 3 planned looks (3, 5, 7 seeds)" in report
+    assert "the look at 5 seeds added seeds to: `slow` (and the baseline)" in report

@@ -52,10 +52,11 @@ def interval_settings(adaptive: dict[str, dict[str, Any] | None]) -> tuple[float
         margins[a["metric"]] = float(a["margin"])
     level = max(float(a["level"]) for a in designs.values())
     parts = [f"`{name}`: Bonferroni over {len(a['looks_planned'])} planned looks "
-             f"({', '.join(map(str, a['looks_planned']))} seeds) x {a['comparisons']} comparisons at alpha "
-             f"{a['alpha']:g}" for name, a in designs.items()]
+             f"({', '.join(map(str, a['looks_planned']))} seeds) at alpha {a['alpha']:g}"
+             for name, a in designs.items()]
     return level, margins, (f"Intervals: {level_text(level)} per row, the level of the adaptive sweep's looks "
-                            f"({'; '.join(parts)}), so every verdict keeps its error rate over the repeated looks.")
+                            f"({'; '.join(parts)}), so each row's verdict keeps its error rate over the repeated "
+                            "looks (per row: no split over the rows).")
 
 
 # ---------------------------------------------------------------- report.md
@@ -81,6 +82,9 @@ def _sweep_lines(manifests: dict[str, dict[str, Any]], runs: pd.DataFrame,
             made = ", ".join(str(look["n"]) for look in a.get("looks", [])) or "none yet"
             lines.append(f"  - adaptive on {a['metric']} (margin ±{a['margin']:g}): looks made at {made} seeds of "
                          f"{', '.join(map(str, a['looks_planned']))} planned; stopped: {a.get('stopped') or 'running'}")
+            for look in a.get("looks", [])[1:]:  # the first look trains every variant
+                lines.append(f"  - the look at {look['n']} seeds added seeds to: "
+                             f"{', '.join(_code(v) for v in look.get('grown', [])) or 'none'} (and the baseline)")
     return lines
 
 
