@@ -13,8 +13,8 @@ from mirai_lab.errors import UserError
 from mirai_lab.experiments import adaptive
 from mirai_lab.experiments.adaptive import AdaptiveOptions, Design, adaptive_options, run_adaptive
 from mirai_lab.experiments.spec import load_plan
-from mirai_lab.report.write import write_report
 from mirai_lab.report.stats import Verdict, classify, t_halfwidth
+from mirai_lab.report.write import write_report
 
 
 def test_design_looks_and_level():
@@ -191,8 +191,14 @@ def test_adds_seeds_only_where_needed_and_resumes_without_retraining(tmp_path: P
     assert out["verdicts"] == {"good": "better", "same": "unresolved", "slow": "better"}
     assert out["seeds_needed"]["same"] > 7 and out["stopped"].endswith("out of reach of 7 seeds at 7 seeds")
     assert out["trained"] == 3 * 4 + 2 * 2 + 2 * 2
+    calls = len(fake.calls)
     again = _run(path, root, fake, monkeypatch)  # a resumed (or repeated) call trains nothing new
     assert again["trained"] == 0 and again["verdicts"] == out["verdicts"] and again["seeds"] == out["seeds"]
+    # it replays the recorded rounds without rewriting the manifest of the last one, and each look
+    # reads its own seeds only, though the manifest lists all 7
+    assert len(fake.calls) == calls
+    record = json.loads((root / "sweeps" / "ad" / "adaptive.json").read_text())
+    assert [lk["rows"]["slow"]["n"] for lk in record["looks"]] == [3, 5, 7]
     with pytest.raises(UserError, match="was started with looks at"):
         _run(path, root, fake, monkeypatch, max_seeds=9)
 

@@ -136,10 +136,12 @@ def sweep_argv(spec_path: Path, root: Path, budget: str | None, set_items: list[
             *(["--workers", str(workers)] if workers > 1 else [])]
 
 
-def look(root: Path, sweep: str, design: Design, baseline: str) -> dict[str, dict[str, Any]]:
-    """Each variant's difference on the design's metric at its level, from the finished runs."""
+def look(root: Path, sweep: str, design: Design, baseline: str, seeds: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Each variant's difference on the design's metric at its level, from the finished runs of its
+    first seeds[variant] seeds (the look's own: a resumed sweep's manifest may list later rounds too)."""
     runs, _ = collect(root, [sweep])
     finished = done(runs)
+    finished = finished[finished["seed"] < finished["variant"].map(seeds).fillna(0)]
     base = by_seed(finished[finished["variant"] == baseline], design.metric)
     rows = {}
     for variant in dict.fromkeys(runs["variant"]):
@@ -194,6 +196,9 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
                         f"margin {record.get('margin')}, level {record.get('level')}; run it with the same "
                         "options, or give another --name")
     spent = float((record or {}).get("elapsed_s", 0.0))
+    # a resumed sweep replays the rounds it recorded (which rows each grew), so that time already
+    # spent on later rounds does not change an earlier round's choice
+    recorded = {lk["n"]: lk["grown"] for lk in (record or {}).get("looks", []) if "grown" in lk}
     t0 = time.monotonic()
     looks: list[dict[str, Any]] = []
     seeds = {v: 0 for v in variants}  # seeds each variant has been given so far
@@ -216,16 +221,18 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
                                    variant_seeds=fewer or None)
             return target, fewer, len(to_train(round_plan, root, retry_failed=False))
 
-        target, fewer, _ = round_for(active)
-        wall = _median_wall_s(root, sweep) if looks else None
+        if n in recorded:
+            active = [v for v in recorded[n] if v in variants]
+        target, fewer, pending = round_for(active)
+        wall = _median_wall_s(root, sweep) if looks and n not in recorded else None
         if wall is not None:
             # under the time cap, the rows closest to an answer go first: fewest seeds needed, then largest |mean|
             rows = looks[-1]["rows"]
             ranked = sorted(active, key=lambda v: (rows[v]["seeds_needed"] or math.inf, -abs(rows[v]["mean"] or 0.0)))
             elapsed = spent + time.monotonic() - t0
             for k in range(len(ranked), 0, -1):
-                target, fewer, runs = round_for(ranked[:k])
-                more_s = runs * wall / workers
+                target, fewer, pending = round_for(ranked[:k])
+                more_s = pending * wall / workers
                 if elapsed + more_s <= 60 * options.max_minutes:
                     active = ranked[:k]
                     break
@@ -233,14 +240,16 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
                 stopped = (f"time cap: {n} seeds for even 1 of {len(active)} unresolved variant(s) would take about "
                            f"{more_s / 60:.0f} more minutes after {elapsed / 60:.0f} of {options.max_minutes:g}")
                 break
-        out = run_sweep(axis=None, experiment=spec_path, set_items=set_items, budget=budget, seeds=n, workers=workers,
-                        storage=None, retry_failed=False, dry_run=False, root=root, as_json=as_json,
-                        as_worker=False, name=sweep, variant_seeds=fewer or None,
-                        argv=[*argv, "--seeds", str(n), "--name", sweep,
-                              *(arg for v, k in fewer.items() for arg in ("--variant-seeds", f"{v}={k}"))])
+        if pending or n not in recorded:  # a replayed, finished round keeps the manifest of the rounds after it
+            out = run_sweep(axis=None, experiment=spec_path, set_items=set_items, budget=budget, seeds=n,
+                            workers=workers, storage=None, retry_failed=False, dry_run=False, root=root,
+                            as_json=as_json, as_worker=False, name=sweep, variant_seeds=fewer or None,
+                            argv=[*argv, "--seeds", str(n), "--name", sweep,
+                                  *(arg for v, k in fewer.items() for arg in ("--variant-seeds", f"{v}={k}"))])
+            trained += int((out or {}).get("trained", 0))
         seeds = target
-        trained += int((out or {}).get("trained", 0))
-        looks.append({"n": n, "seeds": dict(seeds), "grown": active, "rows": look(root, sweep, design, plan.baseline)})
+        looks.append({"n": n, "seeds": dict(seeds), "grown": active,
+                      "rows": look(root, sweep, design, plan.baseline, seeds)})
         save(None)
         active = [v for v, row in looks[-1]["rows"].items() if needs_more(row, design.max_seeds)]
         if not active:
