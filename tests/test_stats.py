@@ -134,6 +134,13 @@ def test_a_variant_that_ends_below_the_baseline_is_never_not_reached():
     assert got.reached == 1 and got.ratios[0] == pytest.approx(100 / (100 * 1.0 / 1.01))
 
 
+def test_no_speedup_from_a_metric_measured_at_the_final_evaluation_only():
+    """A one-point curve (sample metrics at the end only) would give a meaningless 1.00x or "not reached"."""
+    base = {s: (np.array([320.0]), np.array([7.0 + s])) for s in range(3)}
+    var = {s: (np.array([320.0]), np.array([6.5 + s])) for s in range(3)}
+    assert speedup(base, var, True) is None
+
+
 def test_curve_difference_uses_the_common_steps():
     rows = []
     for seed in range(3):

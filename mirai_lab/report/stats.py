@@ -267,11 +267,14 @@ def speedup(baseline: Mapping[int, tuple[np.ndarray, np.ndarray]], variant: Mapp
     the final evaluation) over the steps the variant of the same seed needs to reach it.
 
     Curves are {seed: (steps, values)}. A seed whose variant never reaches the target counts in n
-    but gives no ratio; None when no seed has both curves.
+    but gives no ratio; None when no seed has both curves, or when the baseline's curve is a single
+    point (a metric measured at the final evaluation only has no time course to compare).
     """
     ratios, n = [], 0
     for seed in sorted(baseline.keys() & variant.keys()):
         b_steps, b_values = baseline[seed]
+        if len(b_steps) < 2:
+            continue
         last = int(np.argmax(b_steps))
         target = float(b_values[last])
         base = steps_to_reach(b_steps, b_values, target, lower_is_better)
