@@ -2,7 +2,7 @@
 starting with "error:", no traceback, nothing written (no file, no folder, no .lock), done
 within a time bound.
 
-Every case runs in-process (`mirai_lab.cli.main` with a patched sys.argv) in a fresh empty
+Every case runs in-process (`mirai_lab.cli.main` with a patched sys.argv: tests/cli_helpers.py) in a fresh empty
 folder that is both the working directory and the parent of the results directory. The
 generated values are bad by construction (non-finite, out of range, wrong type, unknown
 name), so a case that trains or writes anything is a failure of validation.
@@ -11,12 +11,8 @@ name), so a case that trains or writes anything is a failure of validation.
 from __future__ import annotations
 
 import contextlib
-import io
-import os
 import shutil
-import signal
 import stat
-import sys
 import tempfile
 import typing
 from collections import Counter
@@ -24,10 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import refused
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from mirai_lab.cli import main
 from mirai_lab.config import (
     CHOICES,
     MAX_SAMPLES,
@@ -49,46 +45,10 @@ FUZZ = settings(max_examples=80, deadline=None, database=None, derandomize=True,
 
 # --- running one case ---------------------------------------------------------------------------------------------
 
-def _entries(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
-
-
-@contextlib.contextmanager
-def _alarm(seconds: int) -> Iterator[None]:
-    def hung(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def run_case(category: str, argv: list[str], folder: Path) -> None:
-    """Run `mirai-lab ARGV` in `folder` and assert the bad-input contract."""
+    """Run `mirai-lab ARGV` in `folder` and assert the bad-input contract (cli_helpers.refused)."""
     COUNTS[category] += 1
-    before = _entries(folder)
-    out, err = io.StringIO(), io.StringIO()
-    old_argv, cwd = sys.argv, os.getcwd()
-    sys.argv = ["mirai-lab", *argv]
-    os.chdir(folder)
-    code: object = 0
-    try:
-        with _alarm(TIME_BOUND_S), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = old_argv
-        os.chdir(cwd)
-    lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-    assert code == 2, (argv, code, err.getvalue())
-    assert "Traceback" not in err.getvalue(), (argv, err.getvalue())
-    assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err.getvalue())
-    assert _entries(folder) == before, (argv, sorted(_entries(folder) - before))
+    refused(argv, folder, timeout_s=TIME_BOUND_S)
 
 
 @contextlib.contextmanager

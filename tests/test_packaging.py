@@ -4,11 +4,10 @@ tune exports what the user chose; `eval RUN` keeps final.json."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_main
 
 from mirai_lab.config import build_config, read_toml
 from mirai_lab.errors import UserError
@@ -166,8 +165,7 @@ def test_tune_exports_the_choices_not_the_budget_resolution(tmp_path):
 
 
 def test_reproduce_dry_run_names_its_folder(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mirai_lab", "reproduce", "table2", "--budget", "smoke",
-                           "--dry-run", "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert f"the report would go to {tmp_path / 'table2-smoke'}" in " ".join(proc.stderr.split())
+    ran = run_main(["reproduce", "table2", "--budget", "smoke", "--dry-run", "--results-dir", str(tmp_path)], tmp_path)
+    assert ran.code == 0, ran.err
+    assert f"the report would go to {tmp_path / 'table2-smoke'}" in " ".join(ran.err.split())
     assert not tmp_path.exists() or not any(tmp_path.iterdir())

@@ -10,18 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import SMALL_ARGS, refused, run_main
 
+import mirai_lab.foresight.encoders as enc
 from mirai_lab.config import build_config
 from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.runs.store import load_tensors
 from mirai_lab.training.trainer import Trainer
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
-
-
-def cli(*args: str, results: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mirai_lab", *args, "--results-dir", str(results)],
-                          capture_output=True, text=True, env=ENV, timeout=600)
 
 
 def curve_rows(path: Path) -> list[tuple]:
@@ -200,8 +197,6 @@ def test_the_last_curve_point_is_the_final_evaluation(tmp_path, tiny_overrides, 
     {"foresight.source": "ema", "foresight.injection": "output", "foresight.layout": "1d"},
 ], ids=["mirai-e", "mirai-i-mtm", "mirai-i-pixel-ae-vis1", "mtp", "output-1d"])
 def test_foresight_variants_log_per_head_curves(tmp_path, tiny_overrides, overrides, monkeypatch):
-    import mirai_lab.foresight.encoders as enc
-
     monkeypatch.setitem(enc.ENCODER_SETTINGS, "steps", 5)  # the encoder's own quality is not under test here
     cfg = build_config(None, {**tiny_overrides, **overrides})
     trainer = Trainer(cfg, tmp_path)
@@ -233,20 +228,19 @@ def test_foresight_variants_log_per_head_curves(tmp_path, tiny_overrides, overri
 
 
 @pytest.mark.slow
-def test_cli_train_smoke_writes_run_files_and_skips_when_done(tmp_path):
-    args = ["train", "--budget", "smoke", "--set", "data.dataset=synthetic", "--set", "tokenizer.codebook_size=32",
-            "--set", "eval.n_samples=20", "--set", "eval.n_samples_final=20", "--json"]
-    proc = cli(*args, results=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+def test_cli_train_smoke_writes_run_files_and_skips_when_done(warm_results):
+    args = ["train", "--budget", "smoke", *SMALL_ARGS, "--json", "--results-dir", str(warm_results)]
+    ran = run_main(args, warm_results)
+    assert ran.code == 0, ran.err
+    out = json.loads(ran.out)
     run = Path(out["run_dir"])
     for name in ("config.json", "status.json", "curve.csv", "final.json", "samples.png", "checkpoint.pt"):
         assert (run / name).is_file(), name
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     nll = [v for _, m, v in curve_rows(run / "curve.csv") if m == "val_nll"]
     assert nll[-1] < nll[0]
-    again = cli(*args, results=tmp_path)
-    assert again.returncode == 0 and json.loads(again.stdout)["skipped"] is True
+    again = run_main(args, warm_results)
+    assert again.code == 0 and json.loads(again.out)["skipped"] is True
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -260,10 +254,16 @@ def test_cli_train_smoke_writes_run_files_and_skips_when_done(tmp_path):
     (["sweep", "--axis", "nope"], "--axis 'nope'"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, needle):
-    results = tmp_path / "results"
-    proc = cli(*args, results=results)
-    assert proc.returncode == 2
+    assert needle in refused([*args, "--results-dir", str(tmp_path / "results")], tmp_path)
+
+
+def test_the_entry_point_refuses_bad_input_with_exit_2(tmp_path):
+    """The bad-input promise through a real `python -m mirai_lab` process (the other bad-input
+    tests call `main()` in-process: tests/cli_helpers.py)."""
+    proc = subprocess.run([sys.executable, "-m", "mirai_lab", "train", "--set", "train.stepz=3", "--results-dir",
+                           str(tmp_path / "results")], cwd=tmp_path, capture_output=True, text=True, env=ENV,
+                          timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not results.exists()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown config key 'train.stepz'"), proc.stderr
+    assert not any(tmp_path.iterdir())

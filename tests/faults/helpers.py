@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli_helpers import Ran, run_main
+
 SPEC = """
 [experiment]
 name = "faults"
@@ -41,14 +43,23 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **extra}
 
 
+def sweep_args(spec: Path, results: Path, *extra: str) -> list[str]:
+    return ["sweep", "--experiment", str(spec), "--results-dir", str(results), "--json", *extra]
+
+
 def sweep_cmd(spec: Path, results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mirai_lab", "sweep", "--experiment", str(spec), "--results-dir", str(results),
-            "--json", *extra]
+    return [sys.executable, "-m", "mirai_lab", *sweep_args(spec, results, *extra)]
 
 
 def run_sweep(spec: Path, results: Path, *extra: str, **env_extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(sweep_cmd(spec, results, *extra), capture_output=True, text=True, env=env(**env_extra),
                           timeout=900)
+
+
+def sweep_here(spec: Path, results: Path, *extra: str, **env_extra: str) -> Ran:
+    """The sweep of `run_sweep` in this process (tests/cli_helpers.py): where no process boundary
+    is under test, it saves an interpreter start and the torch import."""
+    return run_main(sweep_args(spec, results, *extra), spec.parent, env=env_extra)
 
 
 def snapshot(results: Path) -> dict:

@@ -10,7 +10,7 @@ import time
 
 import optuna
 import pytest
-from helpers import SPEC, env, snapshot, sweep_cmd, write_spec
+from helpers import SPEC, env, snapshot, sweep_cmd, sweep_here, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,8 @@ def test_three_workers_one_killed(tmp_path):
     journal = results / "sweeps" / "faults" / "journal.log"
     cmd = sweep_cmd(spec, results, "--storage", f"journal:{journal}", "--as-worker")
     extra = env(MIRAI_LAB_HEARTBEAT_S="1", MIRAI_LAB_WORKER_THREADS="1")
-    # the manifest first (a worker does not write it), then three claiming workers
-    subprocess.run(sweep_cmd(spec, results, "--dry-run"), check=True, capture_output=True, env=extra)
+    # a valid plan first (in-process: it writes nothing), then three claiming workers
+    assert sweep_here(spec, results, "--dry-run").code == 0
     workers = [subprocess.Popen(cmd, env=extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
     victim = workers[0]
     deadline = time.time() + 120
@@ -42,8 +42,7 @@ def test_three_workers_one_killed(tmp_path):
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     study = optuna.load_study(study_name="mirai-lab-sweep:faults", storage=storage)
     complete = [t.user_attrs["run_id"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    plan = json.loads(subprocess.run(sweep_cmd(spec, results, "--dry-run"), capture_output=True, text=True,
-                                     env=extra).stdout)
+    plan = json.loads(sweep_here(spec, results, "--dry-run").out)
     run_ids = sorted({r["run_id"] for r in plan["runs"]})
     assert sorted(complete) == run_ids  # every run completed exactly once
     assert all(r["status"] == "done" for r in plan["runs"])

@@ -5,18 +5,24 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import run_sweep, tree, write_spec
+from cli_helpers import refused
+from helpers import sweep_here, tree, write_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mirai_lab.cli import main
 from mirai_lab.config import build_config
+from mirai_lab.data.tokens import prepare_tokens
 from mirai_lab.errors import UserError
+from mirai_lab.experiments.spec import load_plan
+from mirai_lab.foresight.dinov2 import load_dinov2
+from mirai_lab.report.write import write_report
 from mirai_lab.runs import store
+from mirai_lab.training.faults import INJECT_NAN_ENV
 from mirai_lab.training.trainer import Trainer
 
 TINY = {"data.dataset": "synthetic", "tokenizer.codebook_size": 32, "tokenizer.iters": 5, "model.preset": "tiny",
@@ -26,25 +32,24 @@ TINY = {"data.dataset": "synthetic", "tokenizer.codebook_size": 32, "tokenizer.i
 
 @pytest.mark.slow
 def test_diverged_run_is_failed_with_step_and_the_sweep_goes_on(tmp_path):
+    """In-process sweeps (the fault is in the run, not in a process): a NaN loss at step 9 of one run."""
     spec = write_spec(tmp_path)
     results = tmp_path / "r"
-    plan_ids = json.loads(run_sweep(spec, results, "--dry-run").stdout)["runs"]
+    plan_ids = json.loads(sweep_here(spec, results, "--dry-run").out)["runs"]
     ema_id = next(r["run_id"] for r in plan_ids if r["variant"] == "ema")
-    proc = run_sweep(spec, results, MIRAI_LAB_INJECT_NAN_AT=f"{ema_id}:9")
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    ran = sweep_here(spec, results, **{INJECT_NAN_ENV: f"{ema_id}:9"})
+    assert ran.code == 0, ran.err
+    out = json.loads(ran.out)
     assert (out["done"], out["failed"]) == (2, 1)
     status = json.loads((results / "runs" / ema_id / "status.json").read_text())
     assert status["state"] == "failed" and status["step"] == 9 and "diverged" in status["error"]
     # the report lists it instead of dropping it
-    from mirai_lab.report.write import write_report
-
     report = write_report(results, ["faults"], tmp_path / "report", command="test").read_text()
     assert ema_id in report and "failed" in report
     # a rerun does not retry it, --retry-failed does (and it now succeeds)
-    again = json.loads(run_sweep(spec, results).stdout)
+    again = json.loads(sweep_here(spec, results).out)
     assert again["trained"] == 0 and again["failed"] == 1
-    retried = json.loads(run_sweep(spec, results, "--retry-failed").stdout)
+    retried = json.loads(sweep_here(spec, results, "--retry-failed").out)
     assert (retried["done"], retried["failed"]) == (3, 0)
 
 
@@ -65,8 +70,6 @@ def test_truncated_checkpoint_restarts_from_scratch(tmp_path, capsys):
 
 
 def test_corrupt_token_cache_is_rebuilt(tmp_path):
-    from mirai_lab.data.tokens import prepare_tokens
-
     cfg = build_config(None, TINY)
     data = prepare_tokens(cfg.data, cfg.tokenizer, tmp_path)
     cache_file = next(tmp_path.glob("tokens-*.pt"))
@@ -116,19 +119,6 @@ def test_write_interrupted_mid_file_never_exposes_half_a_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["curve.csv"]
 
 
-def cli_exit(argv: list[str], capsys) -> tuple[int, str]:
-    old = sys.argv
-    sys.argv = ["mirai-lab", *argv]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
-
-
 KEYS = ["train.steps", "train.lr", "train.batch_size", "model.preset", "foresight.source", "foresight.k",
         "foresight.layout", "foresight.student_block", "foresight.coef", "eval.top_p", "data.val_fraction",
         "train.bogus", "nosuch.key", "foresight.schedule"]
@@ -142,17 +132,14 @@ BAD_VALUES = {"train.steps": ["0", "-3", "x", "1.5"], "train.lr": ["0", "-1", "a
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(KEYS), data=st.data(), command=st.sampled_from(["train", "sweep"]))
-def test_bad_overrides_exit_2_one_line_nothing_written(tmp_path, capsys, key, data, command):
+def test_bad_overrides_exit_2_one_line_nothing_written(tmp_path, key, data, command):
     value = data.draw(st.sampled_from(BAD_VALUES[key]))
-    results = tmp_path / "results"
     before = tree(tmp_path)
-    argv = [command, "--set", f"{key}={value}", "--results-dir", str(results)]
+    argv = [command, "--set", f"{key}={value}", "--results-dir", str(tmp_path / "results")]
     if command == "sweep":
         argv += ["--axis", "layout", "--budget", "smoke"]
-    code, err = cli_exit(argv, capsys)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert key.split(".")[-1] in lines[0] or key in lines[0]
+    line = refused(argv, tmp_path)
+    assert key.split(".")[-1] in line or key in line
     assert tree(tmp_path) == before
 
 
@@ -168,29 +155,20 @@ TOML_JUNK = st.sampled_from([
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TOML_JUNK, extra=st.sampled_from(["", "\n# comment\n"]))
-def test_malformed_specs_exit_2(tmp_path, capsys, text, extra):
+def test_malformed_specs_exit_2(tmp_path, text, extra):
     spec = tmp_path / "spec.toml"
     spec.write_text(text + extra)
-    results = tmp_path / "results"
-    code, err = cli_exit(["sweep", "--experiment", str(spec), "--results-dir", str(results)], capsys)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert not results.exists()
+    refused(["sweep", "--experiment", str(spec), "--results-dir", str(tmp_path / "results")], tmp_path)
 
 
 @pytest.mark.parametrize("argv", [["train", "--bogus"], ["sweep"], ["sweep", "--axis", "layout", "--workers", "0"],
                                   ["tune", "--source", "nope"], ["bench", "--presets", "xl9"],
                                   ["sample", "missing-run"], ["eval"], ["report", "nosweep"]])
-def test_bad_cli_options_exit_2(tmp_path, capsys, argv):
-    code, err = cli_exit([*argv, "--results-dir", str(tmp_path / "r")] if argv[0] != "bench" else argv, capsys)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2 and len(lines) == 1, err
-    assert not (tmp_path / "r").exists()
+def test_bad_cli_options_exit_2(tmp_path, argv):
+    refused([*argv, "--results-dir", str(tmp_path / "r")] if argv[0] != "bench" else argv, tmp_path)
 
 
 def test_write_spec_helper_is_a_valid_sweep(tmp_path):
-    from mirai_lab.experiments.spec import load_plan
-
     plan = load_plan(write_spec(tmp_path))
     assert [r.variant for r in plan.runs] == ["baseline", "ema", "mtp"]
 
@@ -208,8 +186,6 @@ def dinov2_vitb14(pretrained=False):
 
 
 def test_hubconf_beside_the_weights_is_never_executed_unless_named(tmp_path, monkeypatch):
-    from mirai_lab.foresight.dinov2 import load_dinov2
-
     folder = tmp_path / "downloaded"
     folder.mkdir()
     (folder / "hubconf.py").write_text(HOSTILE_HUBCONF)
@@ -238,13 +214,11 @@ def _escape_cases(tmp_path):
     ]
 
 
-def test_names_cannot_write_outside_the_results_directory(tmp_path, capsys):
+def test_names_cannot_write_outside_the_results_directory(tmp_path):
     results = tmp_path / "nest" / "results"
     for argv in _escape_cases(tmp_path):
         before = tree(tmp_path)
-        code, err = cli_exit([*argv, "--results-dir", str(results)], capsys)
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
+        refused([*argv, "--results-dir", str(results)], tmp_path)
         assert tree(tmp_path) == before and not (tmp_path / "x").exists() and not results.exists(), argv
 
 
@@ -273,8 +247,6 @@ def test_files_get_the_users_umask_not_0600(tmp_path):
 
 
 def test_temporary_files_of_dead_writers_are_removed_on_the_next_write(tmp_path):
-    import subprocess
-
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = store._HOST
     orphan = tmp_path / f".checkpoint.pt.{host}-{dead.stdout.strip()}.abc123.tmp"

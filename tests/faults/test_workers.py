@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import env, sweep_cmd, write_spec
+from helpers import env, sweep_cmd, sweep_here, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +65,7 @@ def test_frozen_worker_loses_its_claim_and_writes_nothing_when_it_wakes(tmp_path
     assert frozen.returncode == 0, err
     assert "this worker's claim was given to another worker" in err
     assert files_of(results) == before  # woken, it wrote nothing: no file changed, none added, no temp file
-    plan = json.loads(subprocess.run(sweep_cmd(spec, results, "--dry-run"), capture_output=True, text=True,
-                                     env=WORKER_ENV, check=True).stdout)
+    plan = json.loads(sweep_here(spec, results, "--dry-run").out)
     run_ids = sorted({r["run_id"] for r in plan["runs"]})
     assert complete_trials(journal) == run_ids  # every run trained to completion exactly once
     # the run's files were last written by one claimant: the worker that finished it
