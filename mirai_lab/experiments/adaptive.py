@@ -209,37 +209,36 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
         write_json(path, {**design.to_json(), "looks": looks, "stopped": reason,
                           "elapsed_s": round(spent + time.monotonic() - t0, 1)})
 
+    def round_for(chosen: list[str], n: int) -> tuple[dict[str, int], dict[str, int], int]:
+        """Seeds per variant, the variants below n, and the runs still to train, if `chosen` get n seeds."""
+        target = {**seeds, plan.baseline: n, **dict.fromkeys(chosen, n)}
+        fewer = {v: k for v, k in target.items() if k < n}
+        round_plan = load_plan(spec_path, budget=budget, seeds=n, overrides=overrides, name=sweep,
+                               variant_seeds=fewer or None)
+        return target, fewer, len(to_train(round_plan, root, retry_failed=False))
+
     active = [v for v in variants if v != plan.baseline]
     for n in design.looks:
-
-        def round_for(chosen: list[str], n: int = n, seeds: dict[str, int] = seeds
-                      ) -> tuple[dict[str, int], dict[str, int], int]:
-            """Seeds per variant, the variants below n, and the runs still to train, if `chosen` get n seeds."""
-            target = {**seeds, plan.baseline: n, **dict.fromkeys(chosen, n)}
-            fewer = {v: k for v, k in target.items() if k < n}
-            round_plan = load_plan(spec_path, budget=budget, seeds=n, overrides=overrides, name=sweep,
-                                   variant_seeds=fewer or None)
-            return target, fewer, len(to_train(round_plan, root, retry_failed=False))
-
         if n in recorded:
             active = [v for v in recorded[n] if v in variants]
-        target, fewer, pending = round_for(active)
         wall = _median_wall_s(root, sweep) if looks and n not in recorded else None
-        if wall is not None:
-            # under the time cap, the rows closest to an answer go first: fewest seeds needed, then largest |mean|
+        if wall is None:
+            candidates = [active]
+        else:  # under the time cap, the rows closest to an answer go first: fewest seeds needed, then largest |mean|
             rows = looks[-1]["rows"]
             ranked = sorted(active, key=lambda v: (rows[v]["seeds_needed"] or math.inf, -abs(rows[v]["mean"] or 0.0)))
+            candidates = [ranked[:k] for k in range(len(ranked), 0, -1)]
             elapsed = spent + time.monotonic() - t0
-            for k in range(len(ranked), 0, -1):
-                target, fewer, pending = round_for(ranked[:k])
-                more_s = pending * wall / workers
-                if elapsed + more_s <= 60 * options.max_minutes:
-                    active = ranked[:k]
-                    break
-            else:
-                stopped = (f"time cap: {n} seeds for even 1 of {len(active)} unresolved variant(s) would take about "
-                           f"{more_s / 60:.0f} more minutes after {elapsed / 60:.0f} of {options.max_minutes:g}")
+        for chosen in candidates:
+            target, fewer, pending = round_for(chosen, n)
+            more_s = pending * wall / workers if wall is not None else 0.0
+            if wall is None or elapsed + more_s <= 60 * options.max_minutes:
+                active = chosen
                 break
+        else:
+            stopped = (f"time cap: {n} seeds for even 1 of {len(active)} unresolved variant(s) would take about "
+                       f"{more_s / 60:.0f} more minutes after {elapsed / 60:.0f} of {options.max_minutes:g}")
+            break
         if pending or n not in recorded:  # a replayed, finished round keeps the manifest of the rounds after it
             out = run_sweep(axis=None, experiment=spec_path, set_items=set_items, budget=budget, seeds=n,
                             workers=workers, storage=None, retry_failed=False, dry_run=False, root=root,

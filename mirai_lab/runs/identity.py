@@ -16,16 +16,21 @@ COMPUTE_VERSION = 2
 # (the same computation, fused; equal to float rounding).
 NOT_IDENTITY = ("threads", "grad_accum", "val_every", "compile")
 
+# Fields added after runs existed, with the default they were added at: hashed only when set to
+# something else, so that adding a field keeps the ids of every run made before it.
+ADDED_LATER = {("eval", "metrics_in_training"): True}
+
 
 def run_id_of(cfg: RunConfig) -> str:
     """Hash of the resolved config without the `NOT_IDENTITY` train settings, so that adding
     one of them kept the ids of existing runs. train.precision "auto" is hashed as "fp32", the
     default it replaced: it resolves per machine at run time (training/precision.py) and the
-    run's provenance records what it trained in. eval.metrics_in_training is hashed only when off."""
+    run's provenance records what it trained in. `ADDED_LATER` fields are hashed only off their default."""
     d = cfg.to_dict()
     d["train"] = {k: v for k, v in d["train"].items() if k not in NOT_IDENTITY}
     if d["train"]["precision"] == "auto":  # the default since it replaced fp32: the ids of fp32 runs stand
         d["train"]["precision"] = "fp32"
-    if d["eval"]["metrics_in_training"]:  # added later with this default: runs made before keep their ids
-        del d["eval"]["metrics_in_training"]
+    for (section, key), default in ADDED_LATER.items():
+        if d[section][key] == default:
+            del d[section][key]
     return content_hash(d)
