@@ -168,10 +168,15 @@ def test_the_last_curve_point_is_the_final_evaluation(tmp_path, tiny_overrides, 
     monkeypatch.setattr(Evaluator, "sample_metrics", sample_metrics)
     monkeypatch.setattr(Evaluator, "floors", lambda self, n: {})
     monkeypatch.setattr(Evaluator, "classifier", property(lambda self: types.SimpleNamespace(val_accuracy=1.0)))
+    scored: list[float] = []
+    val_nll = Evaluator.val_nll
+    monkeypatch.setattr(Evaluator, "val_nll", lambda self, model: scored.append(val_nll(self, model)) or scored[-1])
     cfg = build_config(None, {**tiny_overrides, "eval.metrics": True, "eval.n_samples": 8, "eval.n_samples_final": 20,
                               "train.val_every": 3, "eval.metrics_in_training": in_training})
     trainer = Trainer(cfg, tmp_path)
     final = trainer.run()
+    # one val_nll per curve point: the final evaluation takes the last point's (same EMA, same step)
+    assert len(scored) == 4 and final["val_nll"] == scored[-1]
     rows = curve_rows(trainer.dir / "curve.csv")
     by_step: dict[int, dict[str, float]] = {}
     for step, metric, value in rows:

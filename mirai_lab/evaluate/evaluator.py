@@ -138,11 +138,13 @@ class Evaluator:
         structure_map(states, h, w, path)
         return structure_score(states, h, w)
 
-    def final(self, model: GPT, run_dir: Path, step: int) -> dict[str, Any]:
+    def final(self, model: GPT, run_dir: Path, step: int, val_nll: float | None = None) -> dict[str, Any]:
+        """The final evaluation of `model` at `step`; `val_nll`, when the caller scored this model
+        already (the trainer's last curve point), is taken as is instead of computed again."""
         n = self.cfg.eval.n_samples_final
         f = self.cfg.foresight
         block = f.student_block or max(1, round(2 * model.shape.n_layer / 3))
-        out: dict[str, Any] = {"val_nll": self.val_nll(model)}
+        out: dict[str, Any] = {"val_nll": self.val_nll(model) if val_nll is None else val_nll}
         if not self.has_pixels:
             out["metrics_note"] = "no pixel decoder for these codes: validation NLL and structure only"
         else:

@@ -122,6 +122,7 @@ class Trainer:
         self.log_sums: dict[str, torch.Tensor] = {}
         self.log_counts: dict[str, int] = {}
         self.first_bad_step = torch.full((), NO_DIVERGENCE, dtype=torch.long, device=self.device)
+        self.last_val_nll: tuple[int, float] | None = None  # (step, value) of the latest curve point
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
@@ -253,7 +254,9 @@ class Trainer:
         if not main:
             return {"run_id": self.run_id, "steps": self.step, "rank": self.dist.rank, "resumed": resumed,
                     "wall_s": round(self.wall(), 2)}
-        final = evaluator.final(self.ema, self.dir, self.step)
+        # the last curve point scored the same EMA weights on the same data: reuse its val_nll
+        known = self.last_val_nll[1] if self.last_val_nll and self.last_val_nll[0] == self.step else None
+        final = evaluator.final(self.ema, self.dir, self.step, val_nll=known)
         final.update({"run_id": self.run_id, "steps": self.step, "wall_s": round(self.wall(), 2),
                       "resumed": resumed, "params": self.model.n_params()})
         self.curve.add(self.step, self.step * t.batch_size, self.wall(), final_curve_row(final))
@@ -276,6 +279,7 @@ class Trainer:
         if self.foresight is not None:
             row["lambda_scale"] = self.foresight.heads.scale(self.step - 1)
         row.update(evaluator.in_training(self.ema, self.step, samples=eval_point and self.step < t.steps))
+        self.last_val_nll = (self.step, row["val_nll"])
         self.curve.add(self.step, self.step * t.batch_size, self.wall(), row)
         self.curve.save(self.dir / CURVE_FILE)
         if eval_point:
