@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mirai_lab.config import parse_set, read_toml
 from mirai_lab.errors import UserError
@@ -137,15 +138,19 @@ def sweep_argv(spec_path: Path, root: Path, budget: str | None, set_items: list[
             *(["--workers", str(workers)] if workers > 1 else [])]
 
 
-def look(root: Path, sweep: str, design: Design, baseline: str, seeds: dict[str, int]) -> dict[str, dict[str, Any]]:
+def finished_runs(root: Path, sweep: str) -> pd.DataFrame:
+    """The sweep's finished runs, read once per round for its look and the next round's time estimate."""
+    return done(collect(root, [sweep])[0])
+
+
+def look(finished: pd.DataFrame, variants: list[str], design: Design, baseline: str,
+         seeds: dict[str, int]) -> dict[str, dict[str, Any]]:
     """Each variant's difference on the design's metric at its level, from the finished runs of its
     first seeds[variant] seeds (the look's own: a resumed sweep's manifest may list later rounds too)."""
-    runs, _ = collect(root, [sweep])
-    finished = done(runs)
     finished = finished[finished["seed"] < finished["variant"].map(seeds).fillna(0)]
     base = by_seed(finished[finished["variant"] == baseline], design.metric)
     rows = {}
-    for variant in dict.fromkeys(runs["variant"]):
+    for variant in variants:
         if variant == baseline:
             continue
         diff = paired_difference(by_seed(finished[finished["variant"] == variant], design.metric), base,
@@ -158,9 +163,8 @@ def look(root: Path, sweep: str, design: Design, baseline: str, seeds: dict[str,
     return rows
 
 
-def _median_wall_s(root: Path, sweep: str) -> float | None:
-    runs, _ = collect(root, [sweep])
-    walls = np.asarray(done(runs).get("wall_s", []), dtype=float)
+def median_wall_s(finished: pd.DataFrame) -> float | None:
+    walls = np.asarray(finished.get("wall_s", []), dtype=float)
     walls = walls[np.isfinite(walls)]
     return float(np.median(walls)) if walls.size else None
 
@@ -219,10 +223,11 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
         return target, fewer, len(to_train(round_plan, root, retry_failed=False))
 
     active = [v for v in variants if v != plan.baseline]
+    finished = None  # the finished runs at the last look
     for n in design.looks:
         if n in recorded:
             active = [v for v in recorded[n] if v in variants]
-        wall = _median_wall_s(root, sweep) if looks and n not in recorded else None
+        wall = median_wall_s(finished) if finished is not None and n not in recorded else None
         if wall is None:
             candidates = [active]
         else:  # under the time cap, the largest differences go first, then the fewest seeds needed
@@ -248,8 +253,9 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
                                   *(arg for v, k in fewer.items() for arg in ("--variant-seeds", f"{v}={k}"))])
             trained += int((out or {}).get("trained", 0))
         seeds = target
+        finished = finished_runs(root, sweep)
         looks.append({"n": n, "seeds": dict(seeds), "grown": active,
-                      "rows": look(root, sweep, design, plan.baseline, seeds)})
+                      "rows": look(finished, variants, design, plan.baseline, seeds)})
         save(None)
         active = [v for v, row in looks[-1]["rows"].items() if needs_more(row, design.max_seeds)]
         if not active:
