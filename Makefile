@@ -12,11 +12,13 @@ RESULTS ?= results
 
 install: $(STAMP)
 
+# --no-compile: byte-compiling every installed module (torch alone has thousands) is part of a
+# fresh clone's reproduction hour; Python compiles what it imports on first use instead
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps animal-mnist==0.4
+	$(BIN)/pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --no-compile -e '.[dev]'
+	$(BIN)/pip install -q --no-compile --no-deps animal-mnist==0.4
 	touch $(STAMP)
 
 test: $(STAMP)
