@@ -8,9 +8,9 @@ unresolved whose plug-in seed count (report/stats.seeds_to_resolve at the observ
 is within `max_seeds`, and to the baseline they pair with; a settled variant keeps its
 seeds, and so does a futile one (it would need more than the cap: its row says how many).
 The loop stops when no variant needs another round, at the seed cap, or before a round that
-would end past the wall-time cap; when the whole round would, the round is cut to the largest
-differences (then the fewest seeds needed) that fit: a large unresolved difference is the row a
-reader most easily misreads, while a row near zero already reads as small.
+would end past the wall-time cap; when the whole round would, the round is cut to the rows
+closest to an answer (fewest seeds needed, then largest |difference|) that fit: the most
+verdicts per CPU-minute (docs/statistics.md gives the measured case against largest-first).
 
 Error rate over repeated looks: each look's interval is at level 1 - alpha / L for L planned
 looks (Bonferroni over looks). By the union bound, the probability that any of a row's
@@ -230,9 +230,9 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
         wall = median_wall_s(finished) if finished is not None and n not in recorded else None
         if wall is None:
             candidates = [active]
-        else:  # under the time cap, the largest differences go first, then the fewest seeds needed
+        else:  # under the time cap, the rows closest to an answer go first: fewest seeds needed, then largest |mean|
             rows = looks[-1]["rows"]
-            ranked = sorted(active, key=lambda v: (-abs(rows[v]["mean"] or 0.0), rows[v]["seeds_needed"] or math.inf))
+            ranked = sorted(active, key=lambda v: (rows[v]["seeds_needed"] or math.inf, -abs(rows[v]["mean"] or 0.0)))
             candidates = [ranked[:k] for k in range(len(ranked), 0, -1)]
             elapsed = spent + time.monotonic() - t0
         for chosen in candidates:
