@@ -164,6 +164,8 @@ def look(finished: pd.DataFrame, variants: list[str], design: Design, baseline: 
 
 
 def median_wall_s(finished: pd.DataFrame) -> float | None:
+    """The per-run cost a round is planned with under the time cap (the median: robust to a run
+    slowed by a neighbour)."""
     walls = np.asarray(finished.get("wall_s", []), dtype=float)
     walls = walls[np.isfinite(walls)]
     return float(np.median(walls)) if walls.size else None
