@@ -299,8 +299,8 @@ class NllOnlyEvaluator(Evaluator):
     """Code folders carry no pixels or decoder, so the final samples are skipped here; what is
     under test is training from codes and features."""
 
-    def final(self, model: GPT, run_dir: Path, step: int) -> dict:
-        return {"val_nll": self.val_nll(model)}
+    def final(self, model: GPT, run_dir: Path, step: int, val_nll: float | None = None) -> dict:
+        return {"val_nll": self.val_nll(model) if val_nll is None else val_nll}
 
 
 def codes_overrides(llamagen: dict[str, Path], features: Path) -> dict:
