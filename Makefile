@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-compile --no-deps animal-mnist==0.4
 	touch $(STAMP)
 
+# -n auto: one pytest worker per core (pytest-xdist); the tests are single-threaded (tests/conftest.py)
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check mirai_lab tests benchmarks

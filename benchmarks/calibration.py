@@ -20,6 +20,13 @@ import numpy as np
 
 from mirai_lab.report.collect import collect, done
 from mirai_lab.report.stats import by_seed, paired_difference, seeds_needed
+from mirai_lab.runs.store import read_json, run_dir
+
+
+def budget_of(results: Path, run_id: str) -> str:
+    """steps / batch / lr of a run, from its config.json: the budget axes a calibration varies."""
+    train = read_json(run_dir(results, run_id) / "config.json")["train"]
+    return f"{train['steps']} / {train['batch_size']} / {train['lr']:g}"
 
 
 def main() -> None:
@@ -28,14 +35,14 @@ def main() -> None:
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--metric", default="val_nll")
     args = parser.parse_args()
-    print("| sweep | steps | variant | n | mean Δ | sd Δ | |Δ|/sd | (|Δ|/sd)² per CPU-min |")
+    print("| sweep | steps / batch / lr | variant | n | mean Δ | sd Δ | |Δ|/sd | (|Δ|/sd)² per CPU-min |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     summary = []
     for sweep in args.sweeps:
         runs, _ = collect(args.results_dir, [sweep])
         finished = done(runs)
         minutes = float(np.median(finished["wall_s"].astype(float))) / 60
-        steps = int(finished["steps"].astype(float).median())
+        budget = budget_of(args.results_dir, finished["run_id"].iloc[0])
         baseline = runs.loc[runs["is_baseline"], "variant"].iloc[0]
         base = by_seed(finished[finished["variant"] == baseline], args.metric)
         variances = []
@@ -47,15 +54,16 @@ def main() -> None:
                 continue
             snr = abs(diff.mean) / diff.sd if diff.sd > 0 else math.inf
             variances.append(diff.sd ** 2)
-            print(f"| {sweep} | {steps} | {variant} | {diff.n} | {diff.mean:+.4f} | {diff.sd:.4f} | {snr:.2f} | "
+            print(f"| {sweep} | {budget} | {variant} | {diff.n} | {diff.mean:+.4f} | {diff.sd:.4f} | {snr:.2f} | "
                   f"{snr ** 2 / minutes:.2f} |")
         pooled = math.sqrt(float(np.mean(variances)))
         need = seeds_needed(pooled, 0.02)
-        summary.append((sweep, steps, minutes, pooled, need, need * minutes if need else math.nan))
-    print("\n| sweep | steps | CPU-min per run | pooled sd Δ | seeds for ±0.02 (95%) | CPU-min per row for ±0.02 |")
+        summary.append((sweep, budget, minutes, pooled, need, need * minutes if need else math.nan))
+    print("\n| sweep | steps / batch / lr | CPU-min per run | pooled sd Δ | seeds for ±0.02 (95%) "
+          "| CPU-min per row for ±0.02 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for sweep, steps, minutes, pooled, need, cost in summary:
-        print(f"| {sweep} | {steps} | {minutes:.2f} | {pooled:.4f} | {need} | {2 * cost:.1f} |")
+    for sweep, budget, minutes, pooled, need, cost in summary:
+        print(f"| {sweep} | {budget} | {minutes:.2f} | {pooled:.4f} | {need} | {2 * cost:.1f} |")
     print("\n(a row's CPU-minutes count its own runs and its baseline pairs: 2 x seeds x minutes per run)")
 
 
