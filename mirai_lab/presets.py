@@ -40,10 +40,11 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # token/residual/FFN dropout and lr 2e-3 reach val_nll 2.12, fid_domain 6.1, class_acc 0.34
     # against 2.37, 9.9, 0.17 with LlamaGen's 0.1 dropouts and lr 1e-3 (the run is 2.3
     # epochs, too short to overfit), the level that 500 steps with them reached. Class
-    # dropout stays: CFG needs the null class. Batch 32, not 64, by signal-to-noise per CPU-minute
-    # (results/calibration/README.md, table2's noisiest and clearest rows x 5 seeds): a run costs
-    # 0.59x, the pooled spread of a row's per-seed difference is 0.019 against 0.029 nats, so a row
-    # needs 25 against 66 CPU-minutes for a +-0.02 interval. lr 1e-3 at batch 32 was noisier.
+    # dropout stays: CFG needs the null class. Batch 32, not 64, by noise per CPU-minute
+    # (results/calibration/README.md): a run costs 0.6x; over all of table2 the pooled spread of a
+    # row's per-seed difference is 0.027 against 0.020 nats, so a +-0.02 row needs 41 against 46
+    # CPU-minutes (the 2-row calibration cell had shown 25 against 66). Batch 16 and lr 1e-3 were
+    # noisier per CPU-minute.
     "quick": {
         "model.preset": "cpu-s",
         "model.token_dropout": 0.0,
