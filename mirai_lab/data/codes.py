@@ -16,6 +16,7 @@ every DDP rank on a node shares the same pages instead of holding its own copy.
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from mirai_lab.errors import UserError
 from mirai_lab.runs.cache import load_or_build
 from mirai_lab.runs.store import CorruptFile, atomic_path, content_hash, load_tensors, save_tensors
 
-READ_THREADS = 8  # file reads overlap on network file systems; numpy's parsing holds the GIL
+READ_THREADS = 8  # file reads overlap on network file systems; parsing stays on the calling thread
 READ_BLOCK = 4096
 
 
@@ -88,7 +89,12 @@ def folder_fingerprint(codes: Path, labels: Path) -> tuple[str, int]:
 
 
 def _read_block(folder: Path, start: int, stop: int, pool: ThreadPoolExecutor) -> list[np.ndarray]:
-    return list(pool.map(lambda i: np.load(folder / f"{i}.npy"), range(start, stop)))
+    """Files `start..stop-1` of `folder` as arrays: the threads only read bytes, and the arrays are
+    parsed here, on one thread, because np.load parses each header with `ast.literal_eval`, whose
+    compiler state CPython 3.11 shares between threads: parsing in the pool failed at random with
+    "SystemError: AST constructor recursion depth mismatch" (https://github.com/python/cpython/issues/106905)."""
+    raw = pool.map(lambda i: (folder / f"{i}.npy").read_bytes(), range(start, stop))
+    return [np.load(io.BytesIO(data)) for data in raw]
 
 
 def _pack(codes: Path, labels: Path, n: int, target: Path) -> tuple[torch.Tensor, int]:
