@@ -40,6 +40,7 @@ from mirai_lab.experiments.spec import SPECS_DIR, axis_spec_path, parse_variant_
 from mirai_lab.experiments.sweep_verb import run_sweep
 from mirai_lab.experiments.tune import TuneOptions, run_tune
 from mirai_lab.foresight.dinov2 import prepare_dinov2
+from mirai_lab.messages import console, say
 from mirai_lab.model.sample import sample_tokens
 from mirai_lab.presets import MODEL_PRESETS
 from mirai_lab.report.seed_plan import format_plan, plan_seeds
@@ -51,7 +52,6 @@ from mirai_lab.training.run import eval_floors, eval_run, load_trained
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Does foresight help my AR image model, where, and how much?")
-console = Console(stderr=True)
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value.")]
 BudgetOpt = Annotated[str | None, typer.Option(help="Run length: smoke | quick | standard | paper.")]
@@ -83,7 +83,7 @@ def _emit(obj: Any, as_json: bool, line: str) -> None:
     if as_json:
         print(json.dumps(obj, sort_keys=True, default=str))
     else:
-        console.print(line, highlight=False)
+        say(line)
 
 
 @app.command()
@@ -185,7 +185,7 @@ def sample(
                           e.top_p, generator=torch.Generator().manual_seed(seed))
     write_sample_grid(data.tokenizer.decode(codes), labels, data.num_classes, out,
                       per_class=max(1, -(-n // data.num_classes)))
-    console.print(f"{n} samples of run {run} -> {out}")
+    say(f"{n} samples of run {run} -> {out}")
 
 
 @app.command(name="eval")
@@ -313,7 +313,7 @@ def report(
     target = out or root / "reports" / "+".join(sweeps)
     path = write_report(root, sweeps, target, command="mirai-lab " + " ".join(sys.argv[1:]))
     write_report_environment(root, sweeps, target)
-    console.print(f"report -> {path}", highlight=False)
+    say(f"report -> {path}")
 
 
 @app.command()
@@ -361,7 +361,7 @@ def reproduce(
                                seeds=seeds) if spec.is_file() else None
     path = reproduce_table(table, _root(results_dir), budget=budget, seeds=seeds, workers=workers,
                            set_items=set_ or [], argv=sys.argv[1:], dry_run=dry_run, adaptive=options)
-    console.print(f"{table} -> {path}", highlight=False)
+    say(f"{table} -> {path}")
 
 
 @app.command()
@@ -394,7 +394,7 @@ def bench(
                         device=device, batch=batch, sections=chosen, overrides=parse_set(set_ or []),
                         llamagen=llamagen, command="mirai-lab " + shlex.join(sys.argv[1:]))
     path = run_bench(opts, console)
-    console.print(f"benchmarks -> {path}", highlight=False)
+    say(f"benchmarks -> {path}")
 
 
 def main() -> None:
@@ -402,17 +402,17 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
-        console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        say(f"error: {exc}")
         sys.exit(2)
     except ClickException as exc:
         message = " ".join(exc.format_message().split())
-        console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+        say(f"error: {message}")
         sys.exit(2)
     except typer.Abort:
-        console.print("aborted")
+        say("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
-        console.print("interrupted: finished runs and checkpoints are kept; run the same command to resume")
+        say("interrupted: finished runs and checkpoints are kept; run the same command to resume")
         sys.exit(130)
     if isinstance(code, int) and code:
         sys.exit(code)

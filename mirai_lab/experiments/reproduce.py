@@ -17,7 +17,8 @@ from typing import Any
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.adaptive import AdaptiveOptions, run_adaptive, sweep_argv
 from mirai_lab.experiments.spec import SPECS_DIR
-from mirai_lab.experiments.sweep_verb import console, run_sweep
+from mirai_lab.experiments.sweep_verb import run_sweep
+from mirai_lab.messages import say
 from mirai_lab.report.collect import load_manifests
 from mirai_lab.report.write import write_report
 from mirai_lab.runs.provenance import write_environment
@@ -47,7 +48,7 @@ def reproduce_table(table: str, root: Path, *, budget: str | None, seeds: int | 
     name = out["name"] if out else table
     target = root / name
     if dry_run:
-        console.print(f"dry run: the report would go to {target}", highlight=False)
+        say(f"dry run: the report would go to {target}")
         return target
     command = "mirai-lab " + shlex.join(argv)
     report = write_report(root, [name], target, command=command)
@@ -62,4 +63,4 @@ def write_report_environment(root: Path, sweeps: list[str], target: Path, **extr
     run_ids = [r["run_id"] for m in load_manifests(root, sweeps).values() for r in m["runs"]]
     warning = write_environment(target, root, run_ids, sweeps=sweeps, **extra)
     if warning:
-        console.print(warning, highlight=False, markup=False)
+        say(warning)

@@ -27,10 +27,9 @@ from mirai_lab.experiments.sweep import (
     worker_problems,
     write_manifest,
 )
+from mirai_lab.messages import say
 from mirai_lab.runs.provenance import is_stale
 from mirai_lab.runs.store import read_json, run_dir
-
-console = Console(stderr=True)
 
 
 def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str], budget: str | None,
@@ -51,7 +50,7 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
         return None
     if not as_json:
         for warning in plan.warnings:
-            console.print(warning, highlight=False, markup=False)
+            say(warning)
     check_name_free(plan, root)
     st = states(plan, root)
     if dry_run:
@@ -67,7 +66,7 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
         return {"name": plan.name, "runs": rows}
     command = "mirai-lab " + shlex.join(argv)
     if rerun_stale:
-        set_aside_stale(plan, root, console if not as_json else None)
+        set_aside_stale(plan, root, quiet=as_json)
     mpath = write_manifest(plan, root, command)
     pending = to_train(plan, root, retry_failed)
     before = summary(plan, root)
@@ -76,7 +75,7 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
                 + (f", {before['failed']} failed (use --retry-failed)" if before["failed"] else "")
                 + f" -> {mpath}")
         if not as_json:
-            console.print(line, highlight=False)
+            say(line)
         return {"name": plan.name, "trained": 0, **before, "manifest": str(mpath)}
     t0 = time.perf_counter()
     with SweepMonitor(plan, root, quiet=as_json) as monitor:
@@ -92,8 +91,7 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
             if problems and left:  # the survivors could not finish: the dead worker's error is the sweep's
                 raise UserError(f"{problems[0]}; {len(left)} run(s) left unfinished")
             for problem in problems:  # the others took its runs over: the sweep succeeded
-                console.print(f"warning: {problem}; the other workers finished its runs", highlight=False,
-                              markup=False)
+                say(f"warning: {problem}; the other workers finished its runs")
         elif storage is not None:
             worker_loop(plan, root, storage, retry_failed, None)
         else:
@@ -103,7 +101,7 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
     line = (f"sweep {plan.name}: {after['done']} done ({trained} trained now), {after['failed']} failed, "
             f"{after['pending'] + after['running']} left; {time.perf_counter() - t0:.0f}s -> {mpath}")
     if not as_json:
-        console.print(line, highlight=False)
+        say(line)
     return {"name": plan.name, "trained": trained, **after, "manifest": str(manifest_path(root, plan.name))}
 
 
@@ -126,14 +124,13 @@ def check_name_free(plan: Plan, root: Path) -> None:
                         f"{len(old)} runs are not in this one): pass --name NEW, or delete {path.parent}")
 
 
-def set_aside_stale(plan: Plan, root: Path, out: Console | None) -> list[str]:
+def set_aside_stale(plan: Plan, root: Path, quiet: bool = False) -> list[str]:
     """Move runs computed by another code version (provenance) to <results>/stale/, so they train again."""
     stale = [r.run_id for r in plan.unique_runs if is_stale(root, r.run_id)]
     for run_id in stale:
         target = root / "stale" / f"{run_id}-{int(time.time())}"
         target.parent.mkdir(parents=True, exist_ok=True)
         run_dir(root, run_id).rename(target)
-    if out is not None and stale:
-        out.print(f"sweep {plan.name}: {len(stale)} stale run(s) moved to {root / 'stale'}; training them again",
-                  highlight=False)
+    if stale and not quiet:
+        say(f"sweep {plan.name}: {len(stale)} stale run(s) moved to {root / 'stale'}; training them again")
     return stale
