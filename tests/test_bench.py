@@ -10,9 +10,8 @@ import pytest
 import torch
 from cli_helpers import refused
 
-from mirai_lab import bench as bench_pkg
-from mirai_lab.bench import Bench, BenchOptions, run_bench
 from mirai_lab.bench.llamagen import llamagen_step
+from mirai_lab.bench.suite import Bench, BenchOptions, run_bench
 from mirai_lab.bench.timing import gpu_bf16_peak, paired_ratio, train_flops, use_plain_dropout
 from mirai_lab.config import build_config
 from mirai_lab.distributed import Dist
@@ -116,10 +115,6 @@ def test_llamagen_is_skipped_with_a_reason_when_its_code_is_absent(tmp_path):
     reason = llamagen_step(tmp_path / "LlamaGen", "gpt-b", 2, torch.device("cpu"), False)
     assert isinstance(reason, str) and "clone https://github.com/FoundationVision/LlamaGen" in reason
     assert llamagen_step(tmp_path, "tiny", 2, torch.device("cpu"), False).startswith("LlamaGen has no model")
-
-
-def test_bench_package_exposes_one_entry_point():
-    assert bench_pkg.run_bench is run_bench and "llamagen" in bench_pkg.SECTIONS
 
 
 # -- train.precision = auto ------------------------------------------------------------------

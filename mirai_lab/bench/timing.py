@@ -15,6 +15,10 @@ import torch
 
 from mirai_lab.model.gpt import Dropout, GPTShape
 
+# The bench's sections, in the order they run; kept here, with the light arithmetic, so the command
+# line can list them without importing the trainer
+SECTIONS = ("peak", "train", "inference", "sampling", "eval", "sweep", "llamagen")
+
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, from the vendors' data sheets; the first
 # name found in torch.cuda.get_device_name() wins, so the more specific names come first.
 GPU_BF16_PEAKS: tuple[tuple[str, float], ...] = (

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits as sk_digits
 
 from mirai_lab.errors import UserError
 
@@ -74,6 +73,7 @@ def load_animal_mnist() -> ImageSet:
 
 def load_digits() -> ImageSet:
     """sklearn's 1,797 8x8 digits: tiny, overfits in seconds, for smoke tests."""
+    from sklearn.datasets import load_digits as sk_digits  # here: importing sklearn costs ~2 s at start-up
 
     bunch = sk_digits()
     images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
