@@ -22,7 +22,7 @@ from mirai_lab.errors import UserError
 from mirai_lab.experiments.queue import ClaimLost, RunQueue, open_storage
 from mirai_lab.experiments.spec import Plan
 from mirai_lab.runs.state import RunState, run_state, set_status
-from mirai_lab.runs.store import fenced, read_json, run_dir, safe_name, write_json
+from mirai_lab.runs.store import fenced, read_json, run_dir, safe_name, warn, write_json
 from mirai_lab.training.run import execute
 from mirai_lab.training.trainer import Diverged
 
@@ -110,7 +110,7 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
             with fenced(folder, claim.check):
                 error = train_one(plan, claim.run_id, root, threads)
         except ClaimLost as exc:
-            print(f"warning: {exc}; leaving the run to it", file=sys.stderr, flush=True)
+            warn(f"{exc}; leaving the run to it")
             claim.release()
             continue
         if error is None:

@@ -29,7 +29,7 @@ from mirai_lab.experiments.sweep import (
 )
 from mirai_lab.messages import say
 from mirai_lab.runs.provenance import is_stale
-from mirai_lab.runs.store import read_json, run_dir
+from mirai_lab.runs.store import read_json, run_dir, warn
 
 
 def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str], budget: str | None,
@@ -91,7 +91,7 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
             if problems and left:  # the survivors could not finish: the dead worker's error is the sweep's
                 raise UserError(f"{problems[0]}; {len(left)} run(s) left unfinished")
             for problem in problems:  # the others took its runs over: the sweep succeeded
-                say(f"warning: {problem}; the other workers finished its runs")
+                warn(f"{problem}; the other workers finished its runs")
         elif storage is not None:
             worker_loop(plan, root, storage, retry_failed, None)
         else:
