@@ -21,7 +21,7 @@ from mirai_lab.config import build_config, check_budget, flatten
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.queue import check_storage_url, open_storage
 from mirai_lab.runs.identity import run_id_of
-from mirai_lab.runs.state import RunState, run_state, set_status
+from mirai_lab.runs.state import RunState, done_record, set_status
 from mirai_lab.runs.store import run_dir, safe_name, write_text
 from mirai_lab.training.trainer import Diverged, ProgressFn, Trainer
 
@@ -124,8 +124,8 @@ def objective_fn(opts: TuneOptions, root: Path, progress: ProgressFn | None = No
                     raise optuna.TrialPruned(f"pruned at step {step}")
 
         path = run_dir(root, run_id)
-        if run_state(path) is RunState.DONE:
-            return float(json.loads((path / "final.json").read_text())[opts.objective])
+        if (done := done_record(path)) is not None:
+            return float(done[opts.objective])
         try:
             final = Trainer(cfg, root, report).run()
         except optuna.TrialPruned:

@@ -9,7 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from mirai_lab.runs.store import read_json, write_json
+from mirai_lab.runs.store import read_json, warn, write_json
 
 
 class RunState(StrEnum):
@@ -44,3 +44,20 @@ def run_state(path: Path) -> RunState:
     if state is RunState.DONE and not (path / "final.json").exists():
         return RunState.RUNNING
     return state
+
+
+def done_record(path: Path) -> dict[str, Any] | None:
+    """The final.json of a done run, for a caller that reuses it instead of training (a sweep, a
+    tuner's trial). None when the run is not done, or when its record is damaged (warned here):
+    the caller then makes the run again, and the trainer re-evaluates from the last checkpoint
+    instead of training from scratch."""
+    if run_state(path) is not RunState.DONE:
+        return None
+    try:
+        final = read_json(path / "final.json")
+    except (OSError, ValueError):
+        final = None
+    if isinstance(final, dict):
+        return final
+    warn(f"{path / 'final.json'} is damaged: the run is evaluated again from its checkpoint (or retrained)")
+    return None

@@ -15,8 +15,8 @@ from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.foresight.sources import load_gpt_weights
 from mirai_lab.model.gpt import GPT
 from mirai_lab.runs.identity import run_id_of
-from mirai_lab.runs.state import RunState, run_state
-from mirai_lab.runs.store import CorruptFile, cache_dir, read_json, run_dir, warn, write_json
+from mirai_lab.runs.state import done_record
+from mirai_lab.runs.store import CorruptFile, cache_dir, read_json, run_dir, write_json
 from mirai_lab.runs.tracking import tracked
 from mirai_lab.training.build import model_shape
 from mirai_lab.training.trainer import Trainer
@@ -28,11 +28,8 @@ def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, 
     tracker (runs/tracking.py) sees every curve row and the final metrics, tagged with `variant`."""
 
     path = run_dir(root, run_id_of(cfg))
-    if run_state(path) is RunState.DONE:
-        try:
-            return read_json(path / "final.json"), path, True
-        except (OSError, ValueError):  # the record of a finished run is damaged: make it again
-            warn(f"{path / 'final.json'} is damaged: the run is evaluated again from its checkpoint (or retrained)")
+    if (final := done_record(path)) is not None:
+        return final, path, True
     with tracked(cfg, path, run_id_of(cfg), progress, variant) as (on_eval, log_final):
         final = Trainer(cfg, root, on_eval, threads).run()
         log_final(final)
