@@ -1,13 +1,15 @@
 """Signal-to-noise per CPU-minute of finished sweeps of the same experiment at different budgets.
 
-    python benchmarks/calibration.py --results-dir results SWEEP [SWEEP ...] > results/calibration/README.md
+    python benchmarks/calibration.py --results-dir results [--metric M --halfwidth H] SWEEP [SWEEP ...]
 
 Per sweep and variant: the paired difference to the baseline on val_nll (mean, sd over seeds),
 its signal-to-noise (|mean| / sd), and that squared per CPU-minute of one run (the median
 `wall_s` of the sweep's runs, one thread each): the seeds a t-interval needs to resolve a
 difference grow as (sd / |mean|)^2, so (|mean| / sd)^2 / minutes is the evidence one CPU-minute
 buys. Per sweep: the pooled paired sd over all variants (the noise a row of that budget has,
-whatever its effect) and the CPU-minutes a row needs for a +-0.02 half-width at 95%.
+whatever its effect) and the CPU-minutes a row needs for a 95% half-width of --halfwidth (0.02
+nats of val_nll by default; give one in the metric's own units for another, e.g. 0.5 for
+fid_domain).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from mirai_lab.runs.store import read_json, run_dir
 
 
 def budget_of(results: Path, run_id: str) -> str:
-    """steps / batch / lr of a run, from its config.json: the budget axes a calibration varies."""
+    """steps / batch / lr / lr schedule of a run, from its config.json: the budget axes a
+    calibration varies."""
     train = read_json(run_dir(results, run_id) / "config.json")["train"]
-    return f"{train['steps']} / {train['batch_size']} / {train['lr']:g}"
+    return f"{train['steps']} / {train['batch_size']} / {train['lr']:g} / {train['lr_schedule']}"
 
 
 def main() -> None:
@@ -34,8 +37,10 @@ def main() -> None:
     parser.add_argument("sweeps", nargs="+")
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--metric", default="val_nll")
+    parser.add_argument("--halfwidth", type=float, default=0.02)
     args = parser.parse_args()
-    print("| sweep | steps / batch / lr | variant | n | mean Δ | sd Δ | |Δ|/sd | (|Δ|/sd)² per CPU-min |")
+    print(f"{args.metric}, paired against the baseline of the same seed\n")
+    print("| sweep | steps / batch / lr / schedule | variant | n | mean Δ | sd Δ | |Δ|/sd | (|Δ|/sd)² per CPU-min |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     summary = []
     for sweep in args.sweeps:
@@ -57,10 +62,11 @@ def main() -> None:
             print(f"| {sweep} | {budget} | {variant} | {diff.n} | {diff.mean:+.4f} | {diff.sd:.4f} | {snr:.2f} | "
                   f"{snr ** 2 / minutes:.2f} |")
         pooled = math.sqrt(float(np.mean(variances)))
-        need = seeds_needed(pooled, 0.02)
+        need = seeds_needed(pooled, args.halfwidth)
         summary.append((sweep, budget, minutes, pooled, need, need * minutes if need else math.nan))
-    print("\n| sweep | steps / batch / lr | CPU-min per run | pooled sd Δ | seeds for ±0.02 (95%) "
-          "| CPU-min per row for ±0.02 |")
+    h = f"±{args.halfwidth:g}"
+    print(f"\n| sweep | steps / batch / lr / schedule | CPU-min per run | pooled sd Δ | seeds for {h} (95%) "
+          f"| CPU-min per row for {h} |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for sweep, budget, minutes, pooled, need, cost in summary:
         print(f"| {sweep} | {budget} | {minutes:.2f} | {pooled:.4f} | {need} | {2 * cost:.1f} |")
