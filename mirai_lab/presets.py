@@ -46,8 +46,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # CPU-minutes (the 2-row calibration cell had shown 25 against 66). Batch 16 and lr 1e-3 were
     # noisier per CPU-minute, and so was lr 3e-3. A constant lr after the warm-up, not a cosine
     # decay: in the cell its pooled paired spread is 0.011 against 0.019 nats at the same cost
-    # (a +-0.02 row: 14 against 25 CPU-minutes), and the baseline ends lower (val_nll 2.11
-    # against 2.24): 320 steps are too few for a decay to pay.
+    # (a +-0.02 row: 14 against 25 CPU-minutes), and over all of table2 0.018 against 0.027 (24
+    # against 40 CPU-minutes); the baseline ends lower too (val_nll 2.11 against 2.24): 320 steps
+    # are too few for a decay to pay.
     "quick": {
         "model.preset": "cpu-s",
         "model.token_dropout": 0.0,
