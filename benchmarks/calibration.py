@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mirai_lab.errors import UserError
 from mirai_lab.report.collect import collect, done
 from mirai_lab.report.stats import by_seed, paired_difference, seeds_needed
 from mirai_lab.runs.store import read_json, run_dir
@@ -39,12 +40,17 @@ def main() -> None:
     parser.add_argument("--metric", default="val_nll")
     parser.add_argument("--halfwidth", type=float, default=0.02)
     args = parser.parse_args()
+    if not (math.isfinite(args.halfwidth) and args.halfwidth > 0):
+        parser.error(f"--halfwidth {args.halfwidth:g}: expected a finite number > 0")
+    try:  # every sweep is read before anything is printed: a bad name gives one line, not half a table
+        collected = {sweep: collect(args.results_dir, [sweep])[0] for sweep in args.sweeps}
+    except UserError as exc:
+        parser.exit(2, f"error: {exc}\n")
     print(f"{args.metric}, paired against the baseline of the same seed\n")
     print("| sweep | steps / batch / lr / schedule | variant | n | mean Δ | sd Δ | |Δ|/sd | (|Δ|/sd)² per CPU-min |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     summary = []
-    for sweep in args.sweeps:
-        runs, _ = collect(args.results_dir, [sweep])
+    for sweep, runs in collected.items():
         finished = done(runs)
         minutes = float(np.median(finished["wall_s"].astype(float))) / 60
         budget = budget_of(args.results_dir, finished["run_id"].iloc[0])

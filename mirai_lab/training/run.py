@@ -27,10 +27,11 @@ def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, 
     """Train the run unless it is already done; returns (final, run dir, skipped). The selected
     tracker (runs/tracking.py) sees every curve row and the final metrics, tagged with `variant`."""
 
-    path = run_dir(root, run_id_of(cfg))
+    run_id = run_id_of(cfg)
+    path = run_dir(root, run_id)
     if (final := done_record(path)) is not None:
         return final, path, True
-    with tracked(cfg, path, run_id_of(cfg), progress, variant) as (on_eval, log_final):
+    with tracked(cfg, path, run_id, progress, variant) as (on_eval, log_final):
         final = Trainer(cfg, root, on_eval, threads).run()
         log_final(final)
     return final, path, False
