@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,35 +30,62 @@ def inode(path: Path) -> int | None:
         return None
 
 
-def wait_for_work(child: subprocess.Popen, manifest: Path, before: int | None) -> None:
-    """Until the child has written its manifest: its start-up (interpreter, imports, plan) is over."""
-    while inode(manifest) == before and child.poll() is None:
+def milestones(results: Path) -> int:
+    """How far the sweep's work has come: its runs' evaluation points and final records on disk. A
+    kill takes back at most the point written after its run's last checkpoint (it is recomputed)."""
+    count = 0
+    for run in results.glob("runs/*"):
+        curve = run / "curve.csv"
+        if curve.exists():
+            count += len({line.split(",")[1] for line in curve.read_text().splitlines()[1:]})
+        count += (run / "final.json").exists()
+    return count
+
+
+def wait_until(child: subprocess.Popen, reached: Callable[[], bool]) -> None:
+    while not reached() and child.poll() is None:
         time.sleep(0.02)
+
+
+def kill_in_work(child: subprocess.Popen, results: Path, before: int | None, target: int,
+                 rng: random.Random) -> None:
+    """Wait until the sweep has begun its work (written its manifest) and made its first milestone
+    (the resumed run's first point), then until its work has reached `target` milestones and one
+    more than that first; then sleep a random moment up to the mean interval between this life's
+    milestones since its first. The interval is measured on this life, after its resume, so a
+    life that runs faster or slower than another (a machine busy or idle) is still killed inside
+    its next stretch of work."""
+    wait_until(child, lambda: inode(manifest_of(results)) != before)
+    first = milestones(results) + 1
+    wait_until(child, lambda: milestones(results) >= first)
+    t0 = time.perf_counter()
+    goal = max(target, first + 1)
+    wait_until(child, lambda: milestones(results) >= goal)
+    time.sleep(rng.uniform(0.0, (time.perf_counter() - t0) / (goal - first)))
 
 
 def test_random_kills_then_rerun_equals_uninterrupted(tmp_path):
     """Most of a short smoke sweep's wall time is its start-up (the interpreter and the torch
-    import), so a kill at a random share of a life's whole time lands there nearly always. Each
-    life but the first therefore waits until its sweep has written its manifest, then dies a
-    random moment into the work, up to half of the clean sweep's: in training, a checkpoint or
-    curve write, an evaluation or the final metrics of whichever run it resumed. A life keeps
-    what it wrote before its last checkpoint, so each one starts further on and the kills move
-    through the sweep; the first life is killed in start-up."""
+    import), so a kill at a random share of a life's whole time lands there nearly always. The
+    kills are therefore aimed at the work's progress, not at clock times: each life but the first
+    dies a random moment after a milestone drawn from one quarter of the sweep (`kill_in_work`),
+    in training, a checkpoint or curve write, an evaluation or the final metrics of whichever run
+    it resumed. At least three milestones stay beyond the last target, so every life is killed
+    with work left, however fast the machine runs it (kills timed by the clean sweep's clock let a
+    life that ran faster finish the sweep). The first life is killed in start-up."""
     spec = write_spec(tmp_path)
     clean = tmp_path / "clean"
-    child = subprocess.Popen(sweep_cmd(spec, clean), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
-    wait_for_work(child, manifest_of(clean), None)
-    t = time.perf_counter()
-    _, err = child.communicate(timeout=900)
-    work = time.perf_counter() - t
-    assert child.returncode == 0, err
+    ran = run_sweep(spec, clean)
+    assert ran.returncode == 0, ran.stderr
     expected = snapshot(clean)
+    total = milestones(clean)
 
     killed = tmp_path / "killed"
     killed.mkdir()
     shutil.copytree(clean / "cache", killed / "cache")  # the caches are not under test; the runs are
     rng = random.Random(0)
+    span = (total - 3) // (LIVES - 1)  # four milestones or more stay beyond the last kill
+    targets = [rng.randrange(i * span, (i + 1) * span) for i in range(LIVES - 1)]
     kills = 0
     for life in range(LIVES):
         before = inode(manifest_of(killed))
@@ -66,13 +94,12 @@ def test_random_kills_then_rerun_equals_uninterrupted(tmp_path):
         if life == 0:
             time.sleep(rng.uniform(0.5, 1.5))
         else:
-            wait_for_work(child, manifest_of(killed), before)
-            time.sleep(rng.uniform(0.0, work / 2))
+            kill_in_work(child, killed, before, targets[life - 1], rng)
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
             kills += 1
         child.wait()
-    assert kills >= LIVES - 1  # the lives died mid-sweep (the last may find too little work left)
+    assert kills == LIVES  # every life died with work left
     final = run_sweep(spec, killed)
     assert final.returncode == 0, final.stderr
     assert snapshot(killed) == expected
