@@ -84,7 +84,7 @@ def test_random_kills_then_rerun_equals_uninterrupted(tmp_path):
     killed.mkdir()
     shutil.copytree(clean / "cache", killed / "cache")  # the caches are not under test; the runs are
     rng = random.Random(0)
-    span = (total - 3) // (LIVES - 1)  # four milestones or more stay beyond the last kill
+    span = (total - 3) // (LIVES - 1)  # the last target leaves four milestones or more
     targets = [rng.randrange(i * span, (i + 1) * span) for i in range(LIVES - 1)]
     kills = 0
     for life in range(LIVES):
