@@ -70,7 +70,7 @@ def test_random_kills_then_rerun_equals_uninterrupted(tmp_path):
     kills are therefore aimed at the work's progress, not at clock times: each life but the first
     dies a random moment after a milestone drawn from one quarter of the sweep (`kill_in_work`),
     in training, a checkpoint or curve write, an evaluation or the final metrics of whichever run
-    it resumed. At least three milestones stay beyond the last target, so every life is killed
+    it resumed. Four milestones or more stay beyond the last target, so every life is killed
     with work left, however fast the machine runs it (kills timed by the clean sweep's clock let a
     life that ran faster finish the sweep). The first life is killed in start-up."""
     spec = write_spec(tmp_path)
