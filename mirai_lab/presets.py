@@ -48,7 +48,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # decay: in the cell its pooled paired spread is 0.011 against 0.019 nats at the same cost
     # (a +-0.02 row: 14 against 25 CPU-minutes), and over all of table2 0.018 against 0.027 (24
     # against 40 CPU-minutes); the baseline ends lower too (val_nll 2.11 against 2.24): 320 steps
-    # are too few for a decay to pay.
+    # are too few for a decay to pay. 320 steps, measured again at batch 32 and the constant lr:
+    # a +-0.02 row needs 14 CPU-minutes in the cell, against 28 at 240 steps (sd 2.4x) and 22 at
+    # 480 (the same sd at 1.5x the cost).
     "quick": {
         "model.preset": "cpu-s",
         "model.token_dropout": 0.0,
