@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from helpers import env, run_sweep, snapshot, sweep_cmd, write_spec
 
+from mirai_lab.runs.checkpoint import CURVE_FILE
+from mirai_lab.runs.curve import Curve
+
 pytestmark = pytest.mark.slow
 
 LIVES = 5  # the first killed in start-up, the others at a random moment of their work
@@ -33,13 +36,8 @@ def inode(path: Path) -> int | None:
 def milestones(results: Path) -> int:
     """How far the sweep's work has come: its runs' evaluation points and final records on disk. A
     kill takes back at most the point written after its run's last checkpoint (it is recomputed)."""
-    count = 0
-    for run in results.glob("runs/*"):
-        curve = run / "curve.csv"
-        if curve.exists():
-            count += len({line.split(",")[1] for line in curve.read_text().splitlines()[1:]})
-        count += (run / "final.json").exists()
-    return count
+    return sum(len({row[1] for row in Curve.load(run / CURVE_FILE, run.name).rows}) + (run / "final.json").exists()
+               for run in results.glob("runs/*"))
 
 
 def wait_until(child: subprocess.Popen, reached: Callable[[], bool]) -> None:
