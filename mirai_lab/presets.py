@@ -40,17 +40,12 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # token/residual/FFN dropout and lr 2e-3 reach val_nll 2.12, fid_domain 6.1, class_acc 0.34
     # against 2.37, 9.9, 0.17 with LlamaGen's 0.1 dropouts and lr 1e-3 (the run is 2.3
     # epochs, too short to overfit), the level that 500 steps with them reached. Class
-    # dropout stays: CFG needs the null class. Batch 32, not 64, by noise per CPU-minute
-    # (results/calibration/README.md): a run costs 0.6x; over all of table2 the pooled spread of a
-    # row's per-seed difference is 0.027 against 0.020 nats, so a +-0.02 row needs 41 against 46
-    # CPU-minutes (the 2-row calibration cell had shown 25 against 66). Batch 16 and lr 1e-3 were
-    # noisier per CPU-minute, and so was lr 3e-3. A constant lr after the warm-up, not a cosine
-    # decay: in the cell its pooled paired spread is 0.011 against 0.019 nats at the same cost
-    # (a +-0.02 row: 14 against 25 CPU-minutes), and over all of table2 0.018 against 0.027 (24
-    # against 40 CPU-minutes); the baseline ends lower too (val_nll 2.11 against 2.24): 320 steps
-    # are too few for a decay to pay. 320 steps, measured again at batch 32 and the constant lr:
-    # a +-0.02 row needs 14 CPU-minutes in the cell, against 28 at 240 steps (sd 2.4x) and 22 at
-    # 480 (the same sd at 1.5x the cost).
+    # dropout stays: CFG needs the null class. Batch 32, lr 2e-3 constant after the warm-up and
+    # 320 steps are the budget with the least noise per CPU-minute (the spread of a row's per-seed
+    # difference to the baseline; results/calibration/README.md has every cell). CPU-minutes per
+    # +-0.02 row in the calibration cell: 14 here, against 66 at batch 64, 25 with a cosine decay,
+    # 43 at lr 1e-3 or 3e-3, 28 at 240 steps and 22 at 480; over all of table2 the constant lr
+    # held its gain over the cosine decay (24 against 40).
     "quick": {
         "model.preset": "cpu-s",
         "model.token_dropout": 0.0,
