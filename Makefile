@@ -12,9 +12,8 @@ RESULTS ?= results
 
 install: $(STAMP)
 
-# pip byte-compiles what it installs (about 0.8 min of a fresh install on 2 cores): this image sets
-# PYTHONDONTWRITEBYTECODE=1, so without it every process compiles torch again on import (27 s
-# instead of 11 s for `import mirai_lab.cli` in the measurement of 2026-12-01; README)
+# pip byte-compiles what it installs: where PYTHONDONTWRITEBYTECODE=1 is set, every process would
+# otherwise compile torch again on import (CHANGELOG.md has the measurement)
 # The disk check only warns: pip's own "No space left on device" comes later and reads worse.
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import shutil; f = shutil.disk_usage(".").free / 2**30; f < 8 and print(f"warning: {f:.1f} GiB free on this disk; the install puts about 6.1 GiB in $(VENV) (torch 2.14.1 is a CUDA build)")'

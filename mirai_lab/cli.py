@@ -29,6 +29,7 @@ from mirai_lab.config import (
     MAX_WORKERS,
     SEED_MAX,
     build_config,
+    check_used,
     finite,
     load_spec_file,
     parse_set,
@@ -36,10 +37,13 @@ from mirai_lab.config import (
 from mirai_lab.distributed import is_main_process
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.spec import SPECS_DIR, axis_spec_path, parse_variant_seeds
-from mirai_lab.messages import console, say
+from mirai_lab.messages import console, one_line, say
 from mirai_lab.presets import MODEL_PRESETS
 from mirai_lab.runs import tracking
-from mirai_lab.runs.store import cache_dir, results_root
+from mirai_lab.runs.store import cache_dir, results_root, safe_name
+
+NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits on one path component and on a whole path, in bytes
+MAX_NAME = 200  # sweep, study and run names (runs/store.safe_name)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Does foresight help my AR image model, where, and how much?")
@@ -66,8 +70,31 @@ NameOpt = Annotated[str | None, typer.Option(help="Sweep name (default: the spec
 
 
 def _root(results_dir: Path | None) -> Path:
-
+    if results_dir is not None:
+        _path_option(results_dir, "--results-dir")
     return results_root(results_dir)
+
+
+def _path_option(path: Path, flag: str) -> Path:
+    """Refuse a path the file system cannot name (a component over 255 bytes, or 4096 bytes in all),
+    which would otherwise surface as an OSError traceback from the first stat() of it."""
+    if any(len(part.encode()) > NAME_MAX for part in path.parts) or len(str(path).encode()) >= PATH_MAX:
+        raise UserError(f"{flag} {_shown(str(path))}: a path too long for the file system (a name has at most "
+                        f"{NAME_MAX} bytes, a path {PATH_MAX - 1})")
+    return path
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A value for an error line: quoted, and shortened when long (a 5000-character name still gives a line
+    one can read)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _name_option(name: str, what: str) -> str:
+    """A name that becomes one folder or file name under the results directory (safe_name's rule)."""
+    if len(name) > MAX_NAME:
+        raise UserError(f"{what} {_shown(name)}: expected at most {MAX_NAME} characters")
+    return safe_name(name, what)
 
 
 def _emit(obj: Any, as_json: bool, line: str) -> None:
@@ -144,7 +171,8 @@ def train(
     overrides = parse_set(set_ or [])
     if seed is not None:
         overrides["train.seed"] = seed
-    cfg = build_config(load_spec_file(spec) if spec else None, overrides, budget)
+    cfg = build_config(load_spec_file(_path_option(spec, "SPEC")) if spec else None, overrides, budget)
+    check_used(overrides, [cfg], "this run")
 
     final, run_path, skipped = run_with_progress(cfg, _root(results_dir), quiet=as_json or not is_main_process())
     if not is_main_process():
@@ -257,12 +285,20 @@ def sweep(
 
     if (axis is None) == (experiment is None):
         raise UserError("give exactly one of --axis NAME or --experiment FILE")
-    spec_path = axis_spec_path(axis) if axis else Path(experiment)  # type: ignore[arg-type]
-    options = None if dry_run or as_worker else adaptive_options(
-        spec_path, adaptive=adaptive, margin=margin, max_seeds=max_seeds, max_minutes=max_minutes, seeds=seeds)
-    if options is not None:
-        if storage is not None:
-            raise UserError("--adaptive trains its rounds on this machine (--workers N): drop --storage")
+    spec_path = axis_spec_path(axis) if axis is not None else _path_option(experiment, "--experiment")  # type: ignore
+    if name is not None:
+        _name_option(name, "--name")
+    # checked on every path (--dry-run, workers included): a value ignored there is not a bad one let through
+    options = adaptive_options(spec_path, adaptive=adaptive, margin=margin, max_seeds=max_seeds,
+                               max_minutes=max_minutes, seeds=seeds)
+    if options is not None and not as_worker:
+        given = {"--storage": storage is not None, "--variant-seeds": bool(variant_seeds),
+                 "--retry-failed": retry_failed, "--rerun-stale": rerun_stale}
+        ignored = [flag for flag, on in given.items() if on]
+        if ignored:
+            raise UserError(f"an adaptive sweep trains its own rounds on this machine (--workers N) and chooses each "
+                            f"variant's seeds: drop {', '.join(ignored)}")
+    if options is not None and not (dry_run or as_worker):
         root = _root(results_dir)
         out = run_adaptive(spec_path=spec_path, set_items=set_ or [], budget=budget, workers=workers, root=root,
                            options=options, argv=sweep_argv(spec_path, root, budget, set_ or [], workers),
@@ -289,7 +325,7 @@ def tune(
     search_warmup: Annotated[bool, typer.Option("--search-warmup", help="Also tune warmup_frac.")] = False,
     search_schedule: Annotated[bool, typer.Option("--search-schedule", help="Also tune the schedule.")] = False,
     search_block: Annotated[bool, typer.Option("--search-block", help="Also tune the student block.")] = False,
-    study: Annotated[str, typer.Option(help="Study name (default tune-<source>-<budget>).")] = "",
+    study: Annotated[str | None, typer.Option(help="Study name (default tune-<source>-<budget>).")] = None,
     storage: Annotated[str | None, typer.Option(help="sqlite:///F (one process; the default under "
                                                      "results/studies), journal:PATH or postgresql://...")] = None,
     set_: SetOpt = None,
@@ -301,10 +337,12 @@ def tune(
 
     from mirai_lab.experiments.tune import TuneOptions, run_tune
 
+    if study is not None:
+        _name_option(study, "--study")
     opts = TuneOptions(source=source, trials=trials, budget=budget, objective=objective, pruner=pruner,
                        per_head=per_head, search_warmup=search_warmup, search_schedule=search_schedule,
                        search_block=search_block, study=study, storage=storage, base=parse_set(set_ or []))
-    out_info = run_tune(opts, _root(results_dir), out, quiet=as_json)
+    out_info = run_tune(opts, _root(results_dir), out and _path_option(out, "--out"), quiet=as_json)
     _emit(out_info, as_json, f"study {out_info['study']}: {out_info['trials']} trials ({out_info['complete']} "
           f"complete, {out_info['pruned']} pruned); best {objective} {out_info['best_value']:.4g} "
           f"{out_info['best_params']} -> {out_info['spec']}")
@@ -321,8 +359,13 @@ def report(
     from mirai_lab.experiments.reproduce import write_report_environment
     from mirai_lab.report.write import write_report
 
+    for name in sweeps:
+        _name_option(name, "sweep")
+    if out is None and len("+".join(sweeps)) > MAX_NAME:
+        raise UserError(f"{len(sweeps)} sweeps name a report folder of {len('+'.join(sweeps))} characters: expected "
+                        f"at most {MAX_NAME}; give --out FOLDER")
     root = _root(results_dir)
-    target = out or root / "reports" / "+".join(sweeps)
+    target = _path_option(out, "--out") if out is not None else root / "reports" / "+".join(sweeps)
     path = write_report(root, sweeps, target, command="mirai-lab " + " ".join(sys.argv[1:]))
     write_report_environment(root, sweeps, target)
     say(f"report -> {path}")
@@ -341,7 +384,7 @@ def plan(
 
     from mirai_lab.report.seed_plan import format_plan, plan_seeds
 
-    info = plan_seeds(_root(results_dir), sweep_name, halfwidth, metric, workers)
+    info = plan_seeds(_root(results_dir), _name_option(sweep_name, "sweep"), halfwidth, metric, workers)
     if as_json:
         _emit(info, True, "")
     else:
@@ -422,11 +465,10 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as exc:
-        say(f"error: {exc}")
+        say(f"error: {one_line(str(exc))}")
         sys.exit(2)
     except ClickException as exc:
-        message = " ".join(exc.format_message().split())
-        say(f"error: {message}")
+        say(f"error: {one_line(exc.format_message())}")
         sys.exit(2)
     except typer.Abort:
         say("aborted")

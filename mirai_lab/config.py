@@ -12,6 +12,7 @@ import json
 import math
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,9 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    precision: str = "auto"  # auto | fp32 | bf16; auto: bf16 where measured faster (training/precision.py)
+    # fp32 | bf16 | auto. fp32 by default: bf16 autocast buys nothing at the CPU presets' sizes (docs/performance.md).
+    # auto is resolved once per sweep, tune study or train command before any run id is made (training/precision.py)
+    precision: str = "fp32"
     eval_every: int = 200  # sample metrics + checkpoint (expensive: sparse)
     val_every: int = 50  # training losses + val_nll (cheap: dense); evaluation only, left out of the run id
     compile: bool = False  # torch.compile the step's model (pays on long GPU runs); left out of the run id
@@ -426,6 +429,9 @@ def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> N
     _within("foresight.projector_dim", f.projector_dim, 0, MAX_WIDTH)
     _within("foresight.student_block", f.student_block, 0, MAX_LAYERS)
     _within("foresight.teacher_block", f.teacher_block, 0, MAX_LAYERS)
+    _check(f.visibility == "full" or (f.visibility.isascii() and f.visibility.isdigit()
+                                      and int(f.visibility) <= MAX_WIDTH),
+           f"foresight.visibility={f.visibility!r}: expected 'full' or a number of future rows")
     active = f.source != "none" or f.injection == "mtp"
     if not active:
         _check(
@@ -459,11 +465,75 @@ def _validate_foresight(f: ForesightConfig, m: ModelConfig, t: TrainConfig) -> N
     _check(f.source != "static" or bool(f.static_checkpoint),
            "foresight.source='static' needs foresight.static_checkpoint (a run id or checkpoint path)")
     if f.source == "bidirectional":
-        _check(f.visibility == "full" or (f.visibility.isascii() and f.visibility.isdigit()
-                                          and int(f.visibility) <= MAX_WIDTH),
-               f"foresight.visibility={f.visibility!r}: expected 'full' or a number of future rows")
         _check(f.encoder != "dinov2" or bool(f.encoder_weights),
                "foresight.encoder='dinov2' needs foresight.encoder_weights (a local checkpoint path)")
+
+
+def _foresight_on(cfg: RunConfig) -> bool:
+    return cfg.foresight.source != "none" or cfg.foresight.injection == "mtp"
+
+
+def _in_project_encoder(cfg: RunConfig) -> bool:
+    f = cfg.foresight
+    return f.source == "bidirectional" and f.encoder != "dinov2"
+
+
+def _dinov2(cfg: RunConfig) -> bool:
+    return cfg.foresight.source == "bidirectional" and cfg.foresight.encoder == "dinov2"
+
+
+# Fields that a run reads only under a condition: (the condition in words, whether `cfg` meets it).
+# Every other foresight field is read only while foresight is on (`_foresight_on`).
+READ_ONLY_WHEN: dict[str, tuple[str, Callable[[RunConfig], bool]]] = {
+    "data.codes_dir": ("data.dataset='codes'", lambda c: c.data.dataset == "codes"),
+    "data.features_dir": ("foresight.source='bidirectional' and foresight.encoder='dinov2'", _dinov2),
+    "foresight.encoder": ("foresight.source='bidirectional'", lambda c: c.foresight.source == "bidirectional"),
+    "foresight.visibility": ("foresight.source='bidirectional' and an in-project encoder (mtm, pixel-ae)",
+                             _in_project_encoder),
+    "foresight.encoder_steps": ("foresight.source='bidirectional' and an in-project encoder (mtm, pixel-ae)",
+                                _in_project_encoder),
+    "foresight.encoder_weights": ("foresight.source='bidirectional' and foresight.encoder='dinov2'", _dinov2),
+    "foresight.static_checkpoint": ("foresight.source='static'", lambda c: c.foresight.source == "static"),
+    "foresight.teacher_block": ("foresight.source 'ema' or 'static'",
+                                lambda c: c.foresight.source in ("ema", "static")),
+    "foresight.step_at": ("foresight.schedule='step'", lambda c: c.foresight.schedule == "step"),
+    "foresight.step_factor": ("foresight.schedule='step'", lambda c: c.foresight.schedule == "step"),
+    "train.min_lr_ratio": ("train.lr_schedule='cosine'", lambda c: c.train.lr_schedule == "cosine"),
+}
+FORESIGHT_ON = "foresight on (foresight.source other than 'none', or foresight.injection='mtp')"
+
+
+def unused_because(cfg: RunConfig, key: str) -> str | None:
+    """The condition under which `cfg` would read the dotted field `key`, when it does not; None when it does."""
+    if key.startswith("foresight.") and key != "foresight.source" and not _foresight_on(cfg):
+        return FORESIGHT_ON
+    condition = READ_ONLY_WHEN.get(key)
+    if condition is not None and not condition[1](cfg):
+        return condition[0]
+    return None
+
+
+def check_used(overrides: dict[str, Any], configs: list[RunConfig], who: str) -> None:
+    """Refuse a --set field that none of `configs` reads (`who` names them: "this run", "any run of
+    this sweep").
+
+    Why refuse rather than ignore: the run id hashes the whole config, so an unread field (a typo'd
+    foresight.visibility on an EMA run, a data.codes_dir on the embedded data) would only give the
+    same computation a new id and train a duplicate set of runs. The field's value is checked first
+    wherever it is read (`validate`); visibility, read by one source only, is checked whatever the source.
+    """
+    for key, value in overrides.items():
+        reasons = [unused_because(cfg, key) for cfg in configs]
+        if configs and all(reasons):
+            raise UserError(f"--set {key}={value}: not used by {who}: {key} is read only with {reasons[0]}; "
+                            "drop it (it would only change the run id)")
+
+
+def check_seed(value: Any, key: str = "train.seed") -> int:
+    """A seed value as `validate` checks it: an integer in 0..SEED_MAX, with the same message."""
+    seed = _coerce(key, value, int)
+    _within(key, seed, 0, SEED_MAX)
+    return seed
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:

@@ -41,6 +41,11 @@ def _env_int(name: str, default: int) -> int:
         raise UserError(f"environment {name}={value!r}: expected an integer (set by torchrun)") from None
 
 
+def world_size() -> int:
+    """The number of processes of this run (1 outside torchrun), known before any process group exists."""
+    return _env_int("WORLD_SIZE", 1)
+
+
 def is_main_process() -> bool:
     """True outside torchrun and on global rank 0: the process that prints and writes."""
     return _env_int("RANK", 0) == 0

@@ -16,3 +16,19 @@ console = Console(stderr=True)
 def say(line: str) -> None:
     """Print one message line to stderr exactly as given."""
     console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def one_line(text: str) -> str:
+    """`text` as one line: its lines joined by a space, blank ones and surrounding whitespace dropped.
+
+    Library errors wrapped into a message (torch's, a database driver's) often start with or hold
+    line breaks; an error line must stay one line, the first thing on it "error:"."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def show_progress(quiet: bool = False) -> bool:
+    """Whether a transient rich progress display may run on stderr: only on a terminal.
+
+    Elsewhere (a log file, a pipe, captured stderr) rich draws nothing while it runs and writes
+    an empty line when it stops, so an error raised inside it came out after a blank line."""
+    return not quiet and console.is_terminal

@@ -1,9 +1,7 @@
 """Model sizes and run budgets.
 
 Budgets are lengths in optimizer steps, never wall time, so a run means the same thing on
-a laptop and on a cluster. The CPU numbers come from measurements on 2 cores (docs/design.md,
-"Embedded default"): 4 x 128 at 49 tokens and batch 64 trains at 3-4 steps/s; 6 x 192 is ~2.5x slower but
-keeps improving for longer.
+a laptop and on a cluster. How long each takes on 2 cores is measured in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -36,16 +34,12 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "eval.n_samples_final": 100,
         "foresight.encoder_steps": 40,  # a smoke run checks the plumbing, not the encoder
     },
-    # quick: the demo and the paper-table reproductions. Measured on cpu-s, 320 steps: no
-    # token/residual/FFN dropout and lr 2e-3 reach val_nll 2.12, fid_domain 6.1, class_acc 0.34
-    # against 2.37, 9.9, 0.17 with LlamaGen's 0.1 dropouts and lr 1e-3 (the run is 2.3
-    # epochs, too short to overfit), the level that 500 steps with them reached. Class
-    # dropout stays: CFG needs the null class. Batch 32, lr 2e-3 constant after the warm-up and
-    # 320 steps are the budget with the least noise per CPU-minute (the spread of a row's per-seed
-    # difference to the baseline; results/calibration/README.md has every cell). CPU-minutes per
-    # +-0.02 row in the calibration cell: 14 here, against 66 at batch 64, 25 with a cosine decay,
-    # 43 at lr 1e-3 or 3e-3, 28 at 240 steps and 22 at 480; over all of table2 the constant lr
-    # held its gain over the cosine decay (24 against 40).
+    # quick: the demo and the paper-table reproductions. No token/residual/FFN dropout: the run
+    # is about 2 epochs, too short to overfit, and the dropouts only slow it down. Class dropout
+    # stays: CFG needs the null class. Batch 32, lr 2e-3 constant after the warm-up and 320 steps
+    # were chosen as the cell with the least noise per CPU-minute (the spread of a row's per-seed
+    # difference to the baseline), never by the size of an effect: results/calibration/README.md
+    # holds every cell measured and the criterion.
     "quick": {
         "model.preset": "cpu-s",
         "model.token_dropout": 0.0,

@@ -45,7 +45,7 @@ def tiny_overrides() -> dict:
 def small_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The caches that every SMALL smoke run reads (tokens, the domain classifier, the floors at
     its sample count), built once per session: the classifier alone costs about as much as
-    five smoke runs, and each CLI test used to train its own. Building them inside a sweep, by
+    five smoke runs. Building them inside a sweep, by
     workers that start together, stays covered by test_two_worker_processes_through_the_journal
     (tests/test_sweep.py), which starts cold."""
     cache = tmp_path_factory.mktemp("small") / "cache"

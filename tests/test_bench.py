@@ -3,7 +3,6 @@
 No test here reads a clock of its own: speed is what `mirai-lab bench` measures. The
 precision choice is tested with a fake clock and fake trainers."""
 
-import itertools
 from collections import defaultdict
 
 import pytest
@@ -13,11 +12,7 @@ from cli_helpers import refused
 from mirai_lab.bench.llamagen import llamagen_step
 from mirai_lab.bench.suite import Bench, BenchOptions, run_bench
 from mirai_lab.bench.timing import gpu_bf16_peak, paired_ratio, train_flops, use_plain_dropout
-from mirai_lab.config import build_config
-from mirai_lab.distributed import Dist
 from mirai_lab.model.gpt import GPT, Dropout, GPTShape
-from mirai_lab.runs.identity import run_id_of
-from mirai_lab.training import precision
 from mirai_lab.training.trainer import Trainer
 
 
@@ -115,69 +110,3 @@ def test_llamagen_is_skipped_with_a_reason_when_its_code_is_absent(tmp_path):
     reason = llamagen_step(tmp_path / "LlamaGen", "gpt-b", 2, torch.device("cpu"), False)
     assert isinstance(reason, str) and "clone https://github.com/FoundationVision/LlamaGen" in reason
     assert llamagen_step(tmp_path, "tiny", 2, torch.device("cpu"), False).startswith("LlamaGen has no model")
-
-
-# -- train.precision = auto ------------------------------------------------------------------
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def fake_trainers(clock: FakeClock, seconds: dict[str, float], built: list[str]):
-    class FakeTrainer:
-        def __init__(self, cfg, root, progress=None, threads=None) -> None:
-            self.precision = cfg.train.precision
-            built.append(self.precision)
-
-        def setup(self) -> None:
-            pass
-
-        def train_step(self, step: int) -> None:
-            clock.now += seconds[self.precision]
-
-    return FakeTrainer
-
-
-@pytest.mark.parametrize("bf16_s, expected", [(0.25, "bf16"), (0.75, "fp32"), (0.5, "fp32")])
-def test_auto_picks_the_precision_whose_real_step_is_faster_and_caches_it(tmp_path, monkeypatch, bf16_s, expected):
-    clock, built = FakeClock(), []
-    monkeypatch.setattr(precision.time, "perf_counter", clock)
-    monkeypatch.setattr(precision, "probe", lambda device: {"fp32_gflops": 100.0, "bf16_gflops": 190.0})
-    make = fake_trainers(clock, {"fp32": 0.5, "bf16": bf16_s}, built)  # exact in binary: a true tie
-    cfg = build_config(None, {"model.preset": "tiny"})
-    assert cfg.train.precision == "auto"  # the default
-    assert precision.resolve_precision(cfg, tmp_path, Dist(), 2, make) == expected  # a tie keeps fp32
-    assert built == ["fp32", "bf16"]
-    monkeypatch.setattr(precision, "probe", lambda device: pytest.fail("the cached choice must not re-measure"))
-    assert precision.resolve_precision(cfg, tmp_path, Dist(), 2, make) == expected
-    assert built == ["fp32", "bf16"]
-
-
-def test_auto_is_fp32_without_timing_a_step_where_bf16_matmuls_are_emulated(tmp_path, monkeypatch):
-    monkeypatch.setattr(precision, "probe", lambda device: {"fp32_gflops": 110.0, "bf16_gflops": 1.0})
-    cfg = build_config(None, {"model.preset": "tiny"})
-    choice = precision.precision_choice(cfg, tmp_path, Dist(), 2, lambda *a: pytest.fail("no step is timed"))
-    assert choice["precision"] == "fp32" and "emulated" in choice["reason"]
-
-
-def test_explicit_precisions_are_kept_and_nothing_is_measured(tmp_path, monkeypatch):
-    monkeypatch.setattr(precision, "probe", lambda device: pytest.fail("nothing to measure"))
-    for value in ("fp32", "bf16"):
-        cfg = build_config(None, {"train.precision": value})
-        assert precision.resolve_precision(cfg, tmp_path, Dist(), 2, lambda *a: pytest.fail("no trainer")) == value
-
-
-def test_the_cache_key_separates_machines_shapes_batches_and_heads():
-    keys = [precision.cache_key(build_config(None, over), 1, 2) for over in
-            ({}, {"model.preset": "cpu-m"}, {"train.batch_size": 32}, {"foresight.source": "ema"})]
-    assert all(a != b for a, b in itertools.combinations(keys, 2))
-    assert precision.cache_key(build_config(None, {}), 1, 2)["torch"] == torch.__version__
-
-
-def test_auto_keeps_the_run_ids_that_fp32_had():
-    auto, fp32, bf16 = (run_id_of(build_config(None, {"train.precision": p})) for p in ("auto", "fp32", "bf16"))
-    assert auto == fp32 != bf16

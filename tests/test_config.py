@@ -91,3 +91,45 @@ def test_deeply_nested_spec_is_one_line(tmp_path):
         (tmp_path / "s.toml").write_text(text)
         with pytest.raises(UserError, match="nested too deeply: expected at most 8 levels"):
             read_toml(tmp_path / "s.toml")
+
+
+@pytest.mark.parametrize(("overrides", "key", "condition"), [
+    ({"foresight.visibility": "2"}, "foresight.visibility", "foresight on"),
+    ({"foresight.source": "ema", "foresight.visibility": "2"}, "foresight.visibility", "bidirectional"),
+    ({"foresight.source": "ema", "foresight.static_checkpoint": "/etc/passwd"}, "foresight.static_checkpoint",
+     "foresight.source='static'"),
+    ({"foresight.source": "ema", "foresight.encoder_weights": "/etc/shadow"}, "foresight.encoder_weights", "dinov2"),
+    ({"foresight.source": "ema", "data.codes_dir": "/nonexistent"}, "data.codes_dir", "data.dataset='codes'"),
+    ({"train.min_lr_ratio": "0.2"}, "train.min_lr_ratio", "cosine"),
+])
+def test_a_set_field_the_run_does_not_read_is_refused(overrides, key, condition):
+    from mirai_lab.config import check_used
+
+    cfg = build_config(None, overrides, "smoke")
+    with pytest.raises(UserError, match="not used by this run") as err:
+        check_used(overrides, [cfg], "this run")
+    assert key in str(err.value) and condition in str(err.value)
+
+
+def test_a_set_field_one_of_several_configs_reads_is_kept():
+    from mirai_lab.config import check_used
+
+    over = {"foresight.coef": "1.0"}
+    check_used(over, [build_config(None, {}, "smoke"), build_config(None, {**over, "foresight.source": "ema"})], "x")
+    check_used({"foresight.source": "none", "train.seed": "3"}, [build_config(None, {}, "smoke")], "this run")
+
+
+def test_visibility_is_checked_whatever_the_source():
+    with pytest.raises(UserError, match="foresight.visibility='half'"):
+        build_config(None, {"foresight.source": "ema", "foresight.visibility": "half"})
+
+
+@pytest.mark.parametrize("value", ["-1", str(2**31), "x"])
+def test_check_seed_says_what_validate_says(value):
+    from mirai_lab.config import check_seed
+
+    with pytest.raises(UserError) as direct:
+        check_seed(value)
+    with pytest.raises(UserError) as built:
+        build_config(None, {"train.seed": value})
+    assert str(direct.value) == str(built.value)

@@ -177,7 +177,7 @@ def test_reproduce_dry_run_names_its_folder_on_one_line_as_given(tmp_path):
 
 def test_the_command_line_starts_without_the_heavy_libraries():
     # `--help` and a refused option must not pay for what only some verbs use: together these
-    # imports took 6 of the 8.5 s of `import mirai_lab.cli` (2026-12-01, 2-core AVX2 machine)
+    # imports are most of the cost of `import mirai_lab.cli`
     heavy = ("torch._dynamo", "torchvision", "torch_fidelity", "sklearn", "scipy", "matplotlib", "pandas", "optuna",
              "mirai_lab.training.trainer")
     probe = f"import sys, mirai_lab.cli; print([m for m in {heavy!r} if m in sys.modules])"

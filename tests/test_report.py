@@ -111,7 +111,7 @@ def results(tmp_path: Path) -> Path:
     root = tmp_path / "results"
     runs = [{"run_id": _run_id(v, s), "variant": v, "seed": s, "overrides": {}} for v in FID for s in (0, 1)]
     runs = runs[2:4] + runs[:2] + runs[4:]  # the baseline is not first in the manifest: the table puts it first
-    manifest = {"name": "injection", "budget": "smoke", "seeds": [0, 1], "axes": ["injection"],
+    manifest = {"name": "injection", "budget": "quick", "seeds": [0, 1], "axes": ["injection"],
                 "baseline": "baseline", "command": "mirai-lab sweep --axis injection", "created": 0.0, "runs": runs,
                 "paper": {"metric": "fid", "rows": {"baseline": 6.36, "internal-2d": 5.22},
                           "orderings": ["internal-2d < baseline", "output-1d > baseline"],
@@ -174,7 +174,7 @@ def test_write_report_end_to_end(results: Path):
                    "MDE fid_domain", "verdict fid_domain", "speed-up fid_domain", "val_nll", "structure_score"):
         assert f"| {column} |" in header, column
     assert "not reached (0/1)" in md and "(n=1, no CI)" in md and "nan" not in md.lower()
-    assert "2.00× [2.00, 2.00] (2/2 reached)" in md and "unresolved (needs 4 seeds)" in md
+    assert "2.00× [2.00, 2.00] (2/2 reached)" in md and "no verdict (n=2; needs >= 3 paired seeds)" in md
 
     tex = (out / "table.tex").read_text()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
@@ -192,7 +192,7 @@ def test_write_report_end_to_end(results: Path):
     text = report.read_text()
     assert "mirai-lab report injection" in text and "output-1d-s1" in text and "loss diverged" in text
     assert "![curves](curves.png)" in text and "![differences](differences.png)" in text and "real vs real" in text
-    assert "- **internal-2d**: fid_domain -3 [" in text and ": unresolved (needs 4 seeds)" in text
+    assert "- **internal-2d**: fid_domain -3 [" in text and ": no verdict (n=2; needs >= 3 paired seeds)" in text
     assert "## Noise and power" in text and "Intervals: 95% per row (fixed-seed sweep" in text
     assert "| internal-2d < baseline | fid_domain | -3 [" in text and "| output-1d > baseline |" in text
 
@@ -234,7 +234,7 @@ def test_missing_metrics_stay_missing(tmp_path: Path):
         (path / "final.json").write_text(json.dumps({"val_nll": 2.0, "floors": {}}))
     (tmp_path / "sweeps" / "s").mkdir(parents=True)
     (tmp_path / "sweeps" / "s" / "manifest.json").write_text(json.dumps(
-        {"name": "s", "budget": "smoke", "seeds": [0], "axes": ["x"], "baseline": None, "command": "c", "runs": runs}))
+        {"name": "s", "budget": "quick", "seeds": [0], "axes": ["x"], "baseline": None, "command": "c", "runs": runs}))
     text = write_report(tmp_path, ["s"], tmp_path / "out", "cmd").read_text()
     md = (tmp_path / "out" / "table.md").read_text().splitlines()
     assert md[2].startswith("| a | 1/1 | 0 | n/a |") and "| 2 (n=1) |" in md[2]
@@ -325,3 +325,36 @@ def test_plan_arithmetic(results: Path):
 def test_plan_bad_input_is_one_line_exit_2(results: Path, args: list[str], message: str):
     sweep = "nope" if not args else "injection"
     assert message in refused(["plan", sweep, *args, "--results-dir", str(results)], results.parent)
+
+
+def test_a_smoke_table_carries_no_verdicts_and_says_so_once(results: Path, tmp_path: Path):
+    manifest_path = results / "sweeps" / "injection" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "budget": "smoke"}))
+    text = write_report(results, ["injection"], tmp_path / "out", "cmd").read_text()
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert md.startswith("**No verdicts:** sweep injection ran at the smoke budget")
+    assert text.count("**No verdicts:**") == 1
+    table = pd.read_csv(tmp_path / "out" / "table.csv")
+    assert table["verdict_fid_domain"].isna().all() and table["verdict_val_nll"].isna().all()
+    for word in ("better", "worse", "equivalent"):
+        assert word not in md
+
+
+def test_a_baseline_near_the_uniform_guess_is_plumbing(results: Path, tmp_path: Path):
+    """quick budget, but the baseline's val_nll (2.09 here) sits above 0.9 x ln(V) for V = 8 codes."""
+    from mirai_lab.config import build_config
+    from mirai_lab.report.collect import collect
+    from mirai_lab.report.write import plumbing_reason
+
+    runs, _ = collect(results, ["injection"])
+    manifests = {"injection": json.loads((results / "sweeps" / "injection" / "manifest.json").read_text())}
+    for seed in (0, 1):
+        cfg = build_config(None, {"tokenizer.codebook_size": 8}).to_dict()
+        (results / "runs" / f"baseline-s{seed}" / "config.json").write_text(json.dumps(cfg))
+    reason = plumbing_reason(results, manifests, runs)
+    assert reason is not None and "2.090" in reason and "2.079 nats for 8 codes" in reason
+    for seed in (0, 1):
+        cfg = build_config(None, {"tokenizer.codebook_size": 512}).to_dict()
+        (results / "runs" / f"baseline-s{seed}" / "config.json").write_text(json.dumps(cfg))
+    assert plumbing_reason(results, manifests, runs) is None  # 2.09 < 0.9 x ln 512 = 5.61

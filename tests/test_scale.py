@@ -23,6 +23,7 @@ from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.foresight.dinov2 import center_crop_arr, crop_views, load_dinov2, prepare_dinov2
 from mirai_lab.foresight.sources import FeatureTableSource, load_gpt_weights
 from mirai_lab.model.gpt import GPT
+from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.store import load_tensors, save_tensors
 from mirai_lab.training.build import model_shape
 from mirai_lab.training.trainer import Trainer
@@ -68,7 +69,8 @@ def curve_values(path: Path, metric: str) -> list[float]:
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_with_grad_accum_equal_one_process(tmp_path, tiny_overrides):
-    """2 gloo ranks x 2 micro-batches of 4 == one process with the global batch of 16 (dropout off)."""
+    """2 gloo ranks x 2 micro-batches of 4 == one process with the global batch of 16 (dropout off, fp32),
+    under another run id: with dropout on, the ranks' own streams make it another computation."""
     overrides = {**tiny_overrides, **NO_DROPOUT, "train.steps": 4, "train.eval_every": 2,
                  "foresight.source": "ema", "foresight.k": 3, "foresight.student_block": 2}
     single = Trainer(build_config(None, overrides), tmp_path / "single")
@@ -81,8 +83,12 @@ def test_torchrun_two_ranks_with_grad_accum_equal_one_process(tmp_path, tiny_ove
                            "-m", "mirai_lab", "train", *sets, "--results-dir", str(tmp_path / "ddp"), "--json"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "ddp" / "runs" / single.run_id  # grad_accum and the world size do not change the run id
-    assert sorted(p.name for p in (tmp_path / "ddp" / "runs").iterdir()) == [single.run_id]
+    # each rank draws its own dropout streams, so the world size is part of the id (grad_accum is not):
+    # with dropout off, as here, the two ids hold the same numbers to float reassociation
+    ddp_id = run_id_of(build_config(None, overrides), world=2)
+    assert ddp_id != single.run_id
+    assert sorted(p.name for p in (tmp_path / "ddp" / "runs").iterdir()) == [ddp_id]
+    run = tmp_path / "ddp" / "runs" / ddp_id
     a, b = load_tensors(single.dir / "checkpoint.pt"), load_tensors(run / "checkpoint.pt")
     assert a["step"] == b["step"] == 4
     for part in ("model", "ema", "foresight"):

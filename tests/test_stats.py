@@ -152,3 +152,91 @@ def test_curve_difference_uses_the_common_steps():
     assert d.loc[20, "mean"] == pytest.approx(-0.2)
     lo, hi = stats.t.interval(0.95, 2, loc=-0.2, scale=stats.sem([-0.1, -0.2, -0.3]))
     assert (d.loc[20, "lo"], d.loc[20, "hi"]) == (pytest.approx(lo), pytest.approx(hi))
+
+
+def test_no_verdict_below_three_paired_seeds():
+    """Two seeds with a tight interval far from zero are still unresolved; the third decides."""
+    from mirai_lab.report.stats import MIN_SEEDS, Verdict, paired_difference, verdict
+
+    base = {0: 2.0, 1: 2.1, 2: 2.2}
+    variant = {0: 1.5, 1: 1.6001, 2: 1.7}
+    two = paired_difference({s: variant[s] for s in (0, 1)}, {s: base[s] for s in (0, 1)})
+    assert two.n == 2 and two.hi < 0  # the interval alone would say "better"
+    assert MIN_SEEDS == 3 and verdict(two, True, 0.01) is Verdict.UNRESOLVED
+    assert verdict(paired_difference(variant, base), True, 0.01) is Verdict.BETTER
+
+
+def test_p_value_matches_scipys_paired_t_test():
+    from scipy import stats as sps
+
+    from mirai_lab.report.stats import p_value
+
+    a, b = [2.01, 2.05, 1.98, 2.10, 2.03], [2.04, 2.09, 2.03, 2.12, 2.06]
+    diff = paired_difference(dict(enumerate(a)), dict(enumerate(b)))
+    assert p_value(diff) == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-12)
+
+
+def test_holm_and_bh_verdicts_match_statsmodels_on_exact_p_values():
+    """Rows built to hit given p-values: the rejections are statsmodels' on the same p-values."""
+    from statsmodels.stats.multitest import multipletests
+
+    from mirai_lab.report.stats import Difference, Verdict, adjusted_verdicts, p_value
+
+    diffs = [Difference(-m, 0.02, 5, 0.95, True) for m in (0.05, 0.03, 0.02, 0.015, 0.001)]
+    ps = [p_value(d) for d in diffs]
+    for method, name in (("holm", "holm"), ("bh", "fdr_bh")):
+        expected = multipletests(ps, alpha=0.05, method=name)[0]
+        found = adjusted_verdicts(diffs, True, None, 0.05, method)
+        assert [v is Verdict.BETTER for v in found] == list(expected)
+    plain = [d.hi < 0 for d in diffs]
+    holm = [v is Verdict.BETTER for v in adjusted_verdicts(diffs, True, None, 0.05, "holm")]
+    assert sum(holm) < sum(plain)  # the adjustment takes verdicts away, never adds one
+
+
+def _simulated_tables(n_tables: int, rows: int, seeds: int, rng: np.random.Generator) -> list[list]:
+    """Null tables: every variant equals the baseline; the rows share the baseline's seed noise."""
+    from mirai_lab.report.stats import paired_difference
+
+    tables = []
+    for _ in range(n_tables):
+        base = rng.normal(size=seeds)
+        variants = base + rng.normal(scale=0.5, size=(rows, seeds))  # shared baseline: correlated rows
+        tables.append([paired_difference(dict(enumerate(v)), dict(enumerate(base))) for v in variants])
+    return tables
+
+
+def test_the_table_wide_false_verdict_rate_under_the_null_stays_at_alpha(monkeypatch):
+    """4,000 null tables of 7 rows at 5 seeds: without adjustment some row reads better/worse in
+    about 1 - 0.95^7 = 30% of tables (less with the shared baseline); Holm keeps it at 5%, BH too
+    (all nulls true: BH's FDR is its FWER)."""
+    import gc
+
+    from mirai_lab.report.stats import Verdict, adjusted_verdicts, verdict
+
+    # statsmodels' Holm calls gc.collect() on every call (0.1 s with torch loaded): not part of the method
+    monkeypatch.setattr(gc, "collect", lambda *a: 0)
+
+    rng = np.random.default_rng(0)
+    tables = _simulated_tables(4000, 7, 5, rng)
+    wrong = {"none": 0, "holm": 0, "bh": 0}
+    for diffs in tables:
+        wrong["none"] += any(verdict(d, True, None) in (Verdict.BETTER, Verdict.WORSE) for d in diffs)
+        for method in ("holm", "bh"):
+            found = adjusted_verdicts(diffs, True, None, 0.05, method)
+            wrong[method] += any(v in (Verdict.BETTER, Verdict.WORSE) for v in found)
+    rate = {k: v / len(tables) for k, v in wrong.items()}
+    # binomial sd of a 5% rate over 4,000 tables is 0.34 points: 0.06 is three sd above the target
+    assert rate["holm"] <= 0.06 and rate["bh"] <= 0.06, rate
+    assert rate["none"] > 0.15, rate  # the problem the adjustment solves is there
+
+
+def test_adjustment_with_adaptive_looks_uses_the_looks_level():
+    """An adaptive row's interval is at 1 - alpha/L; its p-value is scaled by L before Holm, so a
+    single row (m = 1) is rejected exactly when its own interval excludes zero."""
+    from mirai_lab.report.stats import Difference, Verdict, adjusted_verdicts, p_value
+
+    level = 1 - 0.05 / 4
+    for mean in (0.01, 0.02, 0.03, 0.04):
+        d = Difference(-mean, 0.02, 5, level, True)
+        found = adjusted_verdicts([d], True, None, 0.05, "holm")[0]
+        assert (found is Verdict.BETTER) == (d.hi < 0) == (p_value(d) * 4 <= 0.05)

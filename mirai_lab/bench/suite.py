@@ -38,7 +38,7 @@ from mirai_lab.model.gpt import GPT
 from mirai_lab.model.sample import sample_tokens
 from mirai_lab.runs.provenance import cpu_matrix_extensions, provenance
 from mirai_lab.runs.store import cache_dir, write_text
-from mirai_lab.training.precision import matmul_flops, precision_choice
+from mirai_lab.training.precision import auto_precision, matmul_flops
 from mirai_lab.training.trainer import Trainer
 
 CPU_ONLY = ("eval", "sweep")  # a standard run's evaluation share and the smoke sweep are CPU figures
@@ -208,9 +208,7 @@ class Bench:
         """What train.precision = auto resolves to for this preset's baseline (cached in the results dir)."""
         over = step_config_overrides(preset, "baseline", "auto", batch, self.o.root, self.o.overrides)
         cfg = build_config(None, over)
-        trainer = self.trainers.get("baseline") or build_trainer(preset, "baseline", "fp32", batch, self.o.root,
-                                                                 self.o.overrides)
-        choice = precision_choice(cfg, self.o.root, trainer.dist, trainer.threads, Trainer)
+        choice = auto_precision(cfg, self.o.root, Trainer, cfg.train.threads or None)
         line = f"- `train.precision = auto` on {preset}, batch {batch}: **{choice['precision']}** ({choice['reason']})"
         return [line, ""], [{"section": "auto_precision", "preset": preset, "precision": choice["precision"],
                              "reason": choice["reason"]}]

@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mirai_lab.config import parse_set, read_toml
+from mirai_lab.config import MAX_SEEDS, parse_set, read_toml
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.spec import load_plan
 from mirai_lab.experiments.sweep import to_train
+from mirai_lab.experiments.sweep_precision import sweep_precision
 from mirai_lab.experiments.sweep_verb import run_sweep
 from mirai_lab.report.collect import adaptive_path, collect, done, load_adaptive
 from mirai_lab.report.stats import COMPARED, Verdict, by_seed, paired_difference, seeds_to_resolve, verdict
@@ -93,11 +94,24 @@ class AdaptiveOptions:
     from_spec: bool
 
 
-def _number(value: Any, key: str, where: str, kind: type) -> Any:
+def _number(value: Any, what: str, kind: type) -> Any:
+    """A positive finite number (an integer for `kind` int; seeds at most MAX_SEEDS); `what` names
+    it in the error. nan passes every comparison, inf every lower bound: both are refused first."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
-    if not ok or value <= 0:
-        raise UserError(f"{where}: {key}={value!r}: expected a positive {'integer' if kind is int else 'number'}")
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{what}: expected a positive {'integer' if kind is int else 'number'}")
+    if kind is int and value > MAX_SEEDS:
+        raise UserError(f"{what}: expected at most {MAX_SEEDS} (seeds of one sweep)")
     return kind(value)
+
+
+def check_adaptive_values(margin: float | None, max_seeds: int | None, max_minutes: float | None) -> None:
+    """The command line's adaptive values, checked whether or not the sweep is adaptive: a value
+    that is ignored today must not be a bad one that waits for the day --adaptive is added."""
+    for key, value, kind in (("margin", margin, float), ("max_seeds", max_seeds, int),
+                             ("max_minutes", max_minutes, float)):
+        if value is not None:
+            _number(value, f"--{key.replace('_', '-')}: {key}={value!r}", kind)
 
 
 def adaptive_options(spec_path: Path, *, adaptive: bool | None, margin: float | None, max_seeds: int | None,
@@ -107,6 +121,7 @@ def adaptive_options(spec_path: Path, *, adaptive: bool | None, margin: float | 
 
     An explicit seed count without an explicit --adaptive asks for exactly those seeds: fixed.
     """
+    check_adaptive_values(margin, max_seeds, max_minutes)
     exp = read_toml(spec_path).get("experiment", {})
     on = exp.get("adaptive", False) if adaptive is None else adaptive
     if adaptive is None and seeds is not None:
@@ -121,9 +136,12 @@ def adaptive_options(spec_path: Path, *, adaptive: bool | None, margin: float | 
     where = "adaptive sweep" if adaptive else str(spec_path)
     spec_seeds = exp.get("seeds", 1)
     start = seeds if seeds is not None else (spec_seeds if isinstance(spec_seeds, int) else len(spec_seeds))
-    opts = AdaptiveOptions(margin=_number(values["margin"], "margin", where, float),
-                           max_seeds=_number(values["max_seeds"], "max_seeds", where, int),
-                           max_minutes=_number(values["max_minutes"], "max_minutes", where, float),
+
+    def pick(key: str, kind: type) -> Any:
+        return _number(values[key], f"{where}: {key}={values[key]!r}", kind)
+
+    opts = AdaptiveOptions(margin=pick("margin", float), max_seeds=pick("max_seeds", int),
+                           max_minutes=pick("max_minutes", float),
                            first=max(FIRST_MIN, int(start)),
                            from_spec=adaptive is None and margin is None and max_seeds is None)
     if opts.first > opts.max_seeds:
@@ -190,7 +208,7 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
     extends so that its manifest and its workers run exactly that round.
     """
     overrides = parse_set(set_items)
-    plan = load_plan(spec_path, budget=budget, overrides=overrides)
+    plan = load_plan(spec_path, budget=budget, overrides=overrides, resolve_auto=sweep_precision(root, quiet=True))
     if plan.baseline is None:
         raise UserError(f"{spec_path}: adaptive seeds compare variants with a baseline: set baseline in [experiment]")
     variants = list(dict.fromkeys(r.variant for r in plan.runs))
@@ -221,7 +239,7 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
         target = {**seeds, plan.baseline: n, **dict.fromkeys(chosen, n)}
         fewer = {v: k for v, k in target.items() if k < n}
         round_plan = load_plan(spec_path, budget=budget, seeds=n, overrides=overrides, name=sweep,
-                               variant_seeds=fewer or None)
+                               variant_seeds=fewer or None, resolve_auto=sweep_precision(root, quiet=True))
         return target, fewer, len(to_train(round_plan, root, retry_failed=False))
 
     active = [v for v in variants if v != plan.baseline]

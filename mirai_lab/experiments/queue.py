@@ -47,6 +47,7 @@ import importlib.util
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 import warnings
@@ -62,7 +63,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from mirai_lab.errors import UserError
-from mirai_lab.runs.store import write_text
+from mirai_lab.runs.store import PSEUDO_FILE_SYSTEMS, write_text
 
 RUN_ID_KEY = "run_id"
 ERROR_KEY = "error"
@@ -75,6 +76,7 @@ GRACE_BEATS = 3
 """A holder is presumed dead after this many missed heartbeats, not one: a loaded machine
 may delay a beat, and a false verdict makes a second worker train the same run."""
 
+CONNECT_TIMEOUT_S = 5  # a database that does not answer in this time is reported down, not waited for
 STORAGE_FORMS = "journal:PATH, sqlite:///PATH (one process only) or postgresql://USER@HOST[:PORT]/DB"
 
 _log = logging.getLogger(__name__)
@@ -133,6 +135,70 @@ def check_storage_url(url: str | None, processes: int = 1) -> None:
                         "postgresql://...")
 
 
+def check_storage_reachable(url: str | None) -> None:
+    """Check that the storage named by `url` can be opened, writing nothing: a journal or SQLite
+    file must be creatable (or writable) where it is named, a database must answer a connection
+    within CONNECT_TIMEOUT_S.
+
+    A sweep writes its manifest before its workers open the storage, so a storage that cannot
+    be opened must be found here: afterwards it is a manifest left behind and a traceback per
+    worker. `check_storage_url` has checked the form."""
+    if url is None:
+        return
+    scheme, _, rest = url.partition(":")
+    if scheme == "journal":
+        _check_file_location(Path(rest).expanduser(), url)
+    elif scheme == "sqlite":
+        _check_file_location(Path(rest[3:]).expanduser(), url)  # sqlite:///relative, sqlite:////absolute
+    else:
+        engine = None
+        try:
+            engine = sqlalchemy.create_engine(_driver_url(url), poolclass=sqlalchemy.pool.NullPool,
+                                              connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+            with engine.connect():
+                pass
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
+            raise _storage_error(url, err) from None
+        finally:
+            if engine is not None:
+                engine.dispose()
+
+
+def _check_file_location(path: Path, url: str) -> None:
+    """`path` is, or can be created as, a writable file outside the kernel's file systems."""
+    where = f"storage {_redacted(url)}"
+    try:
+        resolved = path.resolve()
+        if any(len(part.encode()) > 255 for part in resolved.parts) or len(str(resolved).encode()) >= 4096:
+            raise UserError(f"{where}: the path is too long for the file system")
+        for pseudo in map(Path, PSEUDO_FILE_SYSTEMS):
+            if resolved == pseudo or pseudo in resolved.parents:
+                raise UserError(f"{where} is inside {pseudo}, a kernel file system: expected an ordinary file")
+        if resolved.is_dir():
+            raise UserError(f"{where} is a directory: expected a file")
+        existing = resolved if resolved.exists() else resolved.parent
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as exc:
+        raise UserError(f"{where}: {exc.strerror or exc}") from None
+    if existing != resolved and not existing.is_dir():
+        raise UserError(f"{where} lies under the file {str(existing)!r}: expected a directory there")
+    writable_bits = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH  # root passes os.access: the mode says read-only
+    if (os.statvfs(existing).f_flag & os.ST_RDONLY or not existing.stat().st_mode & writable_bits
+            or not os.access(existing, os.W_OK | (0 if existing == resolved else os.X_OK))):
+        raise UserError(f"{where}: {str(existing)!r} is read-only: expected a writable file or directory")
+
+
+def _driver_url(url: str) -> str:
+    """A PostgreSQL URL with the driver we ship (SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3)."""
+    scheme, _, rest = url.partition(":")
+    if scheme not in ("postgresql", "postgresql+psycopg2"):
+        return url
+    if importlib.util.find_spec("psycopg2") is None:
+        raise UserError(f"storage {_redacted(url)} needs the PostgreSQL driver: pip install mirai-lab[postgres]")
+    return "postgresql+psycopg2:" + rest
+
+
 def open_storage(url: str | None, default_journal: Path, *, heartbeat_s: int = 30) -> BaseStorage:
     """Open the storage named by ``--storage`` with heartbeats every ``heartbeat_s`` seconds.
 
@@ -151,12 +217,7 @@ def open_storage(url: str | None, default_journal: Path, *, heartbeat_s: int = 3
     scheme, _, rest = url.partition(":")
     if scheme == "journal":
         return _open_journal(Path(rest).expanduser(), heartbeat_s, grace)
-    if scheme in ("postgresql", "postgresql+psycopg2"):
-        if importlib.util.find_spec("psycopg2") is None:
-            raise UserError(f"storage {_redacted(url)} needs the PostgreSQL driver: pip install mirai-lab[postgres]")
-        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
-        url = "postgresql+psycopg2:" + rest
-    return _open_rdb(url, heartbeat_s, grace)
+    return _open_rdb(_driver_url(url), heartbeat_s, grace)
 
 
 def _open_journal(path: Path, heartbeat_s: int, grace: int) -> HeartbeatJournalStorage:
@@ -190,8 +251,8 @@ def _open_rdb(url: str, heartbeat_s: int, grace: int) -> RDBStorage:
             raise _storage_error(url, err) from err
 
 
-def _storage_error(url: str, err: sqlalchemy.exc.SQLAlchemyError) -> UserError:
-    reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+def _storage_error(url: str, err: Exception) -> UserError:
+    reason = (str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__])[0]
     return UserError(f"cannot open storage {_redacted(url)}: {reason}")
 
 

@@ -27,8 +27,10 @@ overrides, `-vs<hash>` for per-variant seed counts; an explicit name replaces al
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -45,6 +47,7 @@ SPECS_DIR = Path(str(resources.files("mirai_lab.experiments") / "specs"))
 AXES = ("injection", "layout", "source", "layer", "k", "encoder", "visibility", "schedule")
 SPEC_TABLES = {"experiment", "base", "axes", "paper"}
 # adaptive, margin, max_seeds, max_minutes: the adaptive-seed defaults (experiments/adaptive.py)
+PrecisionResolver = Callable[["RunConfig", str], str]  # (reference config, sweep name) -> "fp32" | "bf16"
 EXPERIMENT_KEYS = {"name", "budget", "seeds", "baseline", "description", "adaptive", "margin", "max_seeds",
                    "max_minutes"}
 
@@ -70,6 +73,12 @@ class Plan:
     paper: dict[str, Any] | None
     spec: dict[str, Any]
     warnings: list[str] = field(default_factory=list)  # one line each, for the caller to show
+
+    @property
+    def precision(self) -> str:
+        """The precision every run trains in ("mixed" when a spec sets it per variant on purpose)."""
+        found = {r.cfg.train.precision for r in self.runs}
+        return found.pop() if len(found) == 1 else "mixed"
 
     @property
     def unique_runs(self) -> list[PlannedRun]:
@@ -126,11 +135,16 @@ def _variant_overrides(name: str, table: Any, where: str) -> dict[str, Any]:
 
 def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = None, seeds: int | None = None,
                    overrides: dict[str, Any] | None = None, name: str | None = None,
-                   variant_seeds: dict[str, int] | None = None) -> Plan:
+                   variant_seeds: dict[str, int] | None = None,
+                   resolve_auto: PrecisionResolver | None = None) -> Plan:
     """Validate a spec and expand it into runs (every config is built, so errors surface now).
 
     `variant_seeds` gives some variants fewer seeds (the first n of the seed list): the adaptive
     sweep's rounds add seeds only to the variants still unresolved.
+
+    A `train.precision = "auto"` is resolved once for the whole plan, by `resolve_auto` on the
+    baseline's first run (else the first run), before any run id is made: every run of a sweep
+    trains in the precision its id and config say, and the baseline and its variants alike.
     """
     unknown = set(spec) - SPEC_TABLES
     if unknown:
@@ -191,8 +205,15 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
                 deferred.append((len(runs), ref[1:], merged))
                 runs.append(PlannedRun("", variant, seed, shown, RunConfig()))
                 continue
-            cfg = build(variant, merged)
-            runs.append(PlannedRun(run_id_of(cfg), variant, seed, shown, cfg))
+            runs.append(PlannedRun("", variant, seed, shown, build(variant, merged)))
+    baseline = exp.get("baseline")
+    waiting = {i for i, _, _ in deferred}  # built once the runs they read have ids
+    built = [r for i, r in enumerate(runs) if i not in waiting]
+    reference = next((r for r in built if r.variant == baseline), built[0] if built else runs[0])
+    resolve = _auto_resolver(copy.deepcopy(reference.cfg), sweep_name, resolve_auto)
+    for run in built:
+        run.cfg = resolve(run.cfg)
+        run.run_id = run_id_of(run.cfg)
     by_variant_seed = {(r.variant, r.seed): r.run_id for r in runs if r.run_id}
     for index, target, merged in deferred:
         run = runs[index]
@@ -200,10 +221,9 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
         if dep is None:
             raise UserError(f"{where}: variant {run.variant!r}: static_checkpoint '@{target}' names no variant "
                             "of this experiment")
-        run.cfg = build(run.variant, {**merged, "foresight.static_checkpoint": dep})
+        run.cfg = resolve(build(run.variant, {**merged, "foresight.static_checkpoint": dep}))
         run.run_id = run_id_of(run.cfg)
         run.depends_on = dep
-    baseline = exp.get("baseline")
     variants = list(dict.fromkeys(r.variant for r in runs))
     if baseline is not None and baseline not in variants:
         raise UserError(f"{where}: baseline={baseline!r} is not a variant ({', '.join(variants)})")
@@ -212,6 +232,25 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
     paper = spec.get("paper")
     return Plan(sweep_name, budget_name, seed_list, list(axes), baseline, runs, paper, spec,
                 duplicate_variants(runs, where))
+
+
+def _auto_resolver(reference: RunConfig, sweep_name: str, resolve_auto: PrecisionResolver | None
+                   ) -> Callable[[RunConfig], RunConfig]:
+    """cfg -> cfg with "auto" replaced by the one choice made for `reference` (decided on first use)."""
+    choice: list[str] = []
+
+    def resolve(cfg: RunConfig) -> RunConfig:
+        if cfg.train.precision != "auto":
+            return cfg
+        if not choice:
+            if resolve_auto is None:
+                raise UserError("train.precision=auto needs a machine to resolve it on: run the sweep, or set "
+                                "train.precision=fp32 or bf16")
+            choice.append(resolve_auto(reference, sweep_name))
+        cfg.train.precision = choice[0]
+        return cfg
+
+    return resolve
 
 
 def _fewer_seeds(runs: list[PlannedRun], seed_list: list[int], variant_seeds: dict[str, int],

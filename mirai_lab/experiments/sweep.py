@@ -1,9 +1,11 @@
 """Sweeps: a plan of content-addressed runs, executed once each, by one or many workers.
 
-One process without a storage trains the pending runs in order. With `--workers N` (N > 1)
+One process without a storage trains the pending runs in order, each under a file lock
+(runs/lock.py), so that two sweeps (or a sweep and a `train`) on one results directory train
+each run once: a run another process holds is left for last, then reused. With `--workers N` (N > 1)
 or a `--storage` URL, workers claim runs through an Optuna storage (claim.RunQueue): a
 journal file beside the manifest by default, PostgreSQL for several machines. A finished
-run is never trained again (its status.json says done), an interrupted one resumes from its
+run is never trained again (its status.json says done and its record is sound), an interrupted one resumes from its
 checkpoint, a failed one is recorded with its error and skipped until `--retry-failed`.
 """
 
@@ -21,7 +23,9 @@ from typing import Any
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.queue import ClaimLost, RunQueue, open_storage
 from mirai_lab.experiments.spec import Plan
-from mirai_lab.runs.state import RunState, run_state, set_status
+from mirai_lab.messages import say
+from mirai_lab.runs.lock import busy, queue_claim, wait_for
+from mirai_lab.runs.state import RunState, damage, remake_note, run_state, set_status, warn_damage
 from mirai_lab.runs.store import fenced, read_json, run_dir, safe_name, warn, write_json
 from mirai_lab.training.run import execute
 from mirai_lab.training.trainer import Diverged
@@ -38,7 +42,8 @@ def write_manifest(plan: Plan, root: Path, command: str) -> Path:
     created = read_json(path).get("created", time.time()) if path.exists() else time.time()
     manifest = {
         "name": plan.name, "budget": plan.budget, "seeds": plan.seeds, "axes": plan.axes,
-        "baseline": plan.baseline, "command": command, "created": created, "paper": plan.paper,
+        "baseline": plan.baseline, "precision": plan.precision, "command": command, "created": created,
+        "paper": plan.paper,
         "runs": [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "overrides": r.overrides}
                  for r in plan.runs],
     }
@@ -51,8 +56,13 @@ def states(plan: Plan, root: Path) -> dict[str, RunState]:
 
 
 def to_train(plan: Plan, root: Path, retry_failed: bool) -> list[str]:
-    st = states(plan, root)
-    return [rid for rid, s in st.items() if s.needs_training(retry_failed)]
+    """The runs still to make. A run whose status says done but whose record is damaged is one of
+    them: its warning is given here, once, before the sweep makes it again."""
+    pending = [rid for rid, s in states(plan, root).items() if s.needs_training(retry_failed)]
+    for rid in pending:
+        if (found := damage(run_dir(root, rid))) is not None:
+            warn_damage(found, remake_note(found.run))
+    return pending
 
 
 def train_one(plan: Plan, run_id: str, root: Path, threads: int | None,
@@ -73,10 +83,26 @@ def train_one(plan: Plan, run_id: str, root: Path, threads: int | None,
 
 
 def run_sequential(plan: Plan, root: Path, retry_failed: bool, monitor: Any) -> None:
+    """Train the pending runs in order, one process. A run that another process is training now
+    (a second sweep or a `train` on the same results) is left for last, when this process waits
+    for it and reuses what it made; each run is locked while it is made (runs/lock.py)."""
+    later = []
     for run_id in to_train(plan, root, retry_failed):
-        monitor.current(run_id)
-        train_one(plan, run_id, root, None, monitor.on_eval(run_id))
-        monitor.refresh()
+        if busy(run_dir(root, run_id)):
+            say(f"run {run_id} is being trained by another process; training the other runs first")
+            later.append(run_id)
+            continue
+        _train_in_order(plan, run_id, root, monitor)
+    for run_id in later:
+        wait_for(run_dir(root, run_id))
+        if run_state(run_dir(root, run_id)).needs_training(retry_failed):  # the other process did not finish it
+            _train_in_order(plan, run_id, root, monitor)
+
+
+def _train_in_order(plan: Plan, run_id: str, root: Path, monitor: Any) -> None:
+    monitor.current(run_id)
+    train_one(plan, run_id, root, None, monitor.on_eval(run_id))
+    monitor.refresh()
 
 
 def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: bool, threads: int | None) -> int:
@@ -107,7 +133,7 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
         folder = run_dir(root, claim.run_id)
         claim.fence(folder / CLAIM_FILE)
         try:
-            with fenced(folder, claim.check):
+            with fenced(folder, claim.check), queue_claim():  # the claim, not a file lock, holds the run
                 error = train_one(plan, claim.run_id, root, threads)
         except ClaimLost as exc:
             warn(f"{exc}; leaving the run to it")

@@ -11,10 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mirai_lab.config import parse_set
+from mirai_lab.config import check_seed, check_used, parse_set
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.monitor import SweepMonitor
-from mirai_lab.experiments.queue import check_storage_url
+from mirai_lab.experiments.queue import check_storage_reachable, check_storage_url
 from mirai_lab.experiments.spec import Plan, axis_spec_path, load_plan
 from mirai_lab.experiments.sweep import (
     manifest_path,
@@ -27,6 +27,7 @@ from mirai_lab.experiments.sweep import (
     worker_problems,
     write_manifest,
 )
+from mirai_lab.experiments.sweep_precision import sweep_precision
 from mirai_lab.messages import say
 from mirai_lab.runs.provenance import is_stale
 from mirai_lab.runs.store import read_json, run_dir, warn
@@ -40,18 +41,23 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
         raise UserError("sweep runs one process per run: start one sweep worker per GPU (CUDA_VISIBLE_DEVICES), "
                         "not under torchrun")
     check_storage_url(storage, 1 if as_worker else workers)
-    path = axis_spec_path(axis) if axis else Path(experiment)  # type: ignore[arg-type]
-    plan = load_plan(path, budget=budget, seeds=seeds, overrides=parse_set(set_items), name=name,
+    overrides = parse_set(set_items)
+    check_sweep_overrides(overrides)
+    path = axis_spec_path(axis) if axis is not None else Path(experiment)  # type: ignore[arg-type]
+    plan = load_plan(path, budget=budget, seeds=seeds, overrides=overrides, name=name,
+                     resolve_auto=sweep_precision(root, quiet=as_json or as_worker),
                      variant_seeds=variant_seeds)
-    if as_worker:
+    check_used(overrides, [r.cfg for r in plan.runs], "any run of this sweep")
+    if as_worker:  # its parent checked the storage; a worker that cannot open it says why in its log
         write_manifest(plan, root, "mirai-lab " + shlex.join(argv))
         threads = int(os.environ.get("MIRAI_LAB_WORKER_THREADS", "0")) or None
         worker_loop(plan, root, storage, retry_failed, threads)
         return None
+    damaged = check_name_free(plan, root)
+    check_storage_reachable(storage)  # the last check (it may wait for a database), before the first write
     if not as_json:
         for warning in plan.warnings:
             say(warning)
-    check_name_free(plan, root)
     st = states(plan, root)
     if dry_run:
         rows = [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "status": st[r.run_id]}
@@ -65,6 +71,9 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
             Console().print(table)
         return {"name": plan.name, "runs": rows}
     command = "mirai-lab " + shlex.join(argv)
+    if damaged is not None:  # recovered, not refused: the manifest is rewritten from the plan
+        warn(f"{damaged}; writing it again from this sweep's plan")
+        manifest_path(root, plan.name).unlink()
     if rerun_stale:
         set_aside_stale(plan, root, quiet=as_json)
     mpath = write_manifest(plan, root, command)
@@ -105,23 +114,37 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
     return {"name": plan.name, "trained": trained, **after, "manifest": str(manifest_path(root, plan.name))}
 
 
-def check_name_free(plan: Plan, root: Path) -> None:
-    """Refuse to put a different sweep under an existing sweep's name.
+def check_sweep_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse the --set fields a sweep replaces: train.seed is each run's seed (--seeds or the
+    spec's). A bad value gets the message `train` gives it; a good one would only rename the sweep."""
+    if "train.seed" in overrides:
+        seed = check_seed(overrides["train.seed"])
+        raise UserError(f"--set train.seed={seed}: a sweep sets each run's train.seed from its seeds (--seeds N "
+                        "or the spec's seeds); drop it")
+
+
+def check_name_free(plan: Plan, root: Path) -> str | None:
+    """Refuse to put a different sweep under an existing sweep's name; say (for a warning) why
+    the existing manifest is damaged, when it is.
 
     The same plan, or one that only adds runs (more seeds: the adaptive-seed rounds), may
     reuse the name; a plan that drops or changes runs would silently replace the manifest a
-    report was made from."""
+    report was made from. An unreadable manifest holds nothing to protect: the sweep writes it
+    again (and a dry run leaves it as it is)."""
     path = manifest_path(root, plan.name)
     if not path.exists():
-        return
+        return None
     try:
         old = {(r["run_id"], r["variant"], r["seed"]) for r in read_json(path)["runs"]}
-    except (ValueError, KeyError, TypeError):
-        return  # an unreadable manifest holds nothing to protect; write_manifest replaces it
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"{path} is damaged ({type(exc).__name__})"
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     new = {(r.run_id, r.variant, r.seed) for r in plan.runs}
     if not old <= new:
         raise UserError(f"sweep {plan.name!r} already exists with a different plan ({len(old - new)} of its "
                         f"{len(old)} runs are not in this one): pass --name NEW, or delete {path.parent}")
+    return None
 
 
 def set_aside_stale(plan: Plan, root: Path, quiet: bool = False) -> list[str]:

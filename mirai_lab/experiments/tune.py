@@ -17,12 +17,15 @@ import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mirai_lab.config import build_config, check_budget, flatten
+from mirai_lab.config import build_config, check_budget, check_used, flatten
 from mirai_lab.errors import UserError
-from mirai_lab.experiments.queue import check_storage_url, open_storage
+from mirai_lab.experiments.queue import check_storage_reachable, check_storage_url, open_storage
+from mirai_lab.messages import show_progress
 from mirai_lab.runs.identity import run_id_of
-from mirai_lab.runs.state import RunState, done_record, set_status
+from mirai_lab.runs.lock import claim_run
+from mirai_lab.runs.state import RunState, set_status
 from mirai_lab.runs.store import run_dir, safe_name, write_text
+from mirai_lab.training.precision import auto_precision
 from mirai_lab.training.trainer import Diverged, ProgressFn, Trainer
 
 SOURCES = {
@@ -32,6 +35,7 @@ SOURCES = {
 }
 OBJECTIVES = ("fid_domain", "val_nll")
 PRUNERS = ("median", "hyperband", "none")
+SCHEDULES = ("constant", "step", "cosine")  # the alignment schedules --search-schedule tries
 
 
 @dataclass
@@ -45,7 +49,7 @@ class TuneOptions:
     search_warmup: bool = False
     search_schedule: bool = False
     search_block: bool = False
-    study: str = ""
+    study: str | None = None  # None: tune-<source>-<budget>; an explicit name is checked, "" included
     storage: str | None = None
     base: dict[str, Any] | None = None
 
@@ -60,10 +64,15 @@ class TuneOptions:
             raise UserError(f"--trials {self.trials}: expected >= 1")
         # everything a study needs is checked before its database is created
         check_budget(self.budget, "--budget")
-        if self.study:
+        if self.study is not None:
             safe_name(self.study, "--study")  # it names a file under <results>/studies
         check_storage_url(self.storage)
-        build_config(None, dict(SOURCES[self.source], **(self.base or {})), self.budget)
+        probe = build_config(None, dict(SOURCES[self.source], **(self.base or {})), self.budget)
+        # a trial reads what the search sets too: a --set step_at counts if a searched schedule is `step`
+        searched = [build_config(None, dict(SOURCES[self.source], **(self.base or {}), **{"foresight.schedule": s}),
+                                 self.budget) for s in SCHEDULES] if self.search_schedule else []
+        check_used(self.base or {}, [probe, *searched], "this study's trials")
+        check_storage_reachable(self.storage)  # last: it may wait for a database
 
 
 def suggest(trial: optuna.Trial, opts: TuneOptions, n_layer: int) -> dict[str, Any]:
@@ -77,7 +86,7 @@ def suggest(trial: optuna.Trial, opts: TuneOptions, n_layer: int) -> dict[str, A
     if opts.search_warmup:
         over["foresight.warmup_frac"] = trial.suggest_float("warmup_frac", 0.0, 0.4)
     if opts.search_schedule:
-        schedule = trial.suggest_categorical("schedule", ["constant", "step", "cosine"])
+        schedule = trial.suggest_categorical("schedule", list(SCHEDULES))
         over["foresight.schedule"] = schedule
     if opts.search_block:
         over["foresight.student_block"] = trial.suggest_int("student_block", 1, n_layer - 1)
@@ -124,15 +133,16 @@ def objective_fn(opts: TuneOptions, root: Path, progress: ProgressFn | None = No
                     raise optuna.TrialPruned(f"pruned at step {step}")
 
         path = run_dir(root, run_id)
-        if (done := done_record(path)) is not None:
-            return float(done[opts.objective])
-        try:
-            final = Trainer(cfg, root, report).run()
-        except optuna.TrialPruned:
-            set_status(path, RunState.PRUNED)
-            raise
-        except Diverged:
-            return float("inf")
+        with claim_run(path) as done:  # one trainer per run on this machine (runs/lock.py)
+            if done is not None:
+                return float(done[opts.objective])
+            try:
+                final = Trainer(cfg, root, report).run()
+            except optuna.TrialPruned:
+                set_status(path, RunState.PRUNED)
+                raise
+            except Diverged:
+                return float("inf")
         return float(final[opts.objective])
 
     return objective
@@ -179,6 +189,17 @@ def _params_to_overrides(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def resolve_study_precision(study: optuna.Study, opts: TuneOptions, root: Path) -> None:
+    """train.precision = auto, resolved once per study (the study's record wins over a new
+    measurement) and written into the trials' base overrides, so every trial's run id holds it."""
+    reference = build_config(None, dict(SOURCES[opts.source], **(opts.base or {})), opts.budget)
+    if reference.train.precision != "auto":
+        return
+    chosen = study.user_attrs.get("precision") or auto_precision(reference, root)["precision"]
+    study.set_user_attr("precision", chosen)
+    opts.base = {**(opts.base or {}), "train.precision": chosen}
+
+
 def run_tune(opts: TuneOptions, root: Path, out_dir: Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Run the study's missing trials with a live bar (trials, the current trial's steps, the best
     value so far), then export the best; `out_dir` defaults to <results>/tuned."""
@@ -186,11 +207,13 @@ def run_tune(opts: TuneOptions, root: Path, out_dir: Path | None = None, quiet: 
     opts.study = opts.study or f"tune-{opts.source}-{opts.budget}"
     study = open_study(opts, root)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    resolve_study_precision(study, opts, root)
     done = len([t for t in study.trials if t.state.is_finished()])
     todo = max(0, opts.trials - done)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[info]}"))
-    with Progress(*columns, console=Console(stderr=True), disable=quiet, transient=True) as bar:
+    shown = show_progress(quiet)
+    with Progress(*columns, console=Console(stderr=True), disable=not shown, transient=True) as bar:
         trials = bar.add_task(f"study {opts.study}", total=todo, info=f"{done} trials already finished")
         steps = bar.add_task("trial", total=None, info="")
 

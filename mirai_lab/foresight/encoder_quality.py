@@ -90,8 +90,8 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
     on standardised features: what a linear readout finds of the class in them.
 
     The fit runs on one BLAS thread: OpenBLAS's sums depend on its thread count, and lbfgs carries
-    the rounding to another optimum. The pixel autoencoder's features gave 0.819 on one thread and
-    0.817 on two (2026-12-01, 2-core AVX2 machine), and one thread was also the faster (1.1 s vs 4.7 s)."""
+    the rounding to another optimum, so one thread makes the accuracy the same on every machine
+    (and on 2 cores it is also the faster; docs/encoders.md)."""
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
     with threadpool_limits(1):
         probe.fit(train_x.double().numpy(), train_y.numpy())

@@ -13,10 +13,13 @@ import numpy as np
 import pandas as pd
 
 from mirai_lab.errors import UserError
-from mirai_lab.runs.state import RunState, run_state
-from mirai_lab.runs.store import read_json, run_dir
+from mirai_lab.runs.state import RunState, damage, run_state
+from mirai_lab.runs.store import read_json, run_dir, warn
 
 CURVE_COLUMNS = ["run_id", "step", "images_seen", "wall_s", "metric", "value"]
+# states of the runs frame beside RunState's: a run whose files cannot be read (runs/state.py
+# damage), and a sound run of the same sweep and seed, left out with it to keep the pairs paired
+DAMAGED, EXCLUDED = "damaged", "excluded"
 
 
 def sweeps_dir(results: Path) -> Path:
@@ -54,9 +57,12 @@ def read_optional(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return read_json(path)
+        content = read_json(path)
     except ValueError as exc:
         raise UserError(f"{path} is not valid JSON: {exc}") from None
+    if content is not None and not isinstance(content, dict):  # its readers index it by key
+        raise UserError(f"{path} is damaged: a JSON {type(content).__name__}, expected an object")
+    return content or {}
 
 
 def load_adaptive(results: Path, sweep: str) -> dict[str, Any] | None:
@@ -88,33 +94,55 @@ def _run_rows(results: Path, manifests: dict[str, dict[str, Any]]) -> pd.DataFra
         for variant in _variant_order(manifest):
             for run in (r for r in manifest["runs"] if r["variant"] == variant):
                 path = run_dir(results, run["run_id"])
+                found = damage(path)
                 state = run_state(path)
-                status = read_optional(path / "status.json")
-                failed = state is RunState.FAILED
+                status = read_optional(path / "status.json") if found is None else {}
+                failed = state is RunState.FAILED and found is None
                 rows.append({
                     "sweep": sweep, "label": f"{sweep}: {variant}" if len(manifests) > 1 else variant,
                     "variant": variant, "seed": run["seed"], "run_id": run["run_id"],
-                    "is_baseline": variant == manifest.get("baseline"), "state": state.value,
-                    "error": status.get("error") if failed else None,
+                    "is_baseline": variant == manifest.get("baseline"),
+                    "state": DAMAGED if found is not None else state.value,
+                    "error": found.text if found is not None else status.get("error") if failed else None,
                     "fail_step": status.get("step") if failed else None,
                     "paper": (paper.get("rows") or {}).get(variant, np.nan), "paper_metric": paper.get("metric"),
-                    **(_flatten_final(read_optional(path / "final.json")) if state is RunState.DONE else {}),
+                    **(_flatten_final(read_optional(path / "final.json"))
+                       if state is RunState.DONE and found is None else {}),
                 })
     runs = pd.DataFrame(rows)
     runs["paper"] = pd.to_numeric(runs["paper"], errors="coerce")
     return runs
 
 
+def _leave_out_damaged_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+    """A damaged run is a measurement that is missing for now (`mirai-lab sweep` makes it again),
+    not a result like a failed run: its seed is left out of every row of its sweep, so that each
+    variant's mean and its difference to the baseline are taken over the same seeds. One warning
+    line per damaged run names the file."""
+    found: dict[str, list[tuple[str, Any, str]]] = {}
+    for row in runs[runs["state"] == DAMAGED].itertuples(index=False):
+        found.setdefault(row.error, []).append((row.sweep, row.seed, row.run_id))
+    for text, where in found.items():
+        for sweep, seed, run_id in where:
+            left_out = (runs["sweep"] == sweep) & (runs["seed"] == seed) & (runs["state"] == RunState.DONE.value)
+            runs.loc[left_out, "state"] = EXCLUDED
+            runs.loc[left_out, "error"] = f"seed {seed} left out: run {run_id} is damaged"
+        seeds = " and ".join(f"seed {seed} of sweep {sweep}" for sweep, seed, _ in where)
+        warn(f"{text}: {seeds} left out of every row, so that the variants stay paired "
+             "(`mirai-lab sweep` evaluates the run again)")
+    return runs
+
+
 def _curve_rows(results: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """All curve.csv files joined with their runs (a run shared by two sweeps appears under both)."""
     frames = []
-    for run_id in runs["run_id"].unique():
+    for run_id in runs.loc[runs["state"] != DAMAGED, "run_id"].unique():
         path = run_dir(results, run_id) / "curve.csv"
         try:
             # the run directory is the identity; a copied curve.csv may still carry another id
             frames.append(pd.read_csv(path).drop(columns="run_id", errors="ignore").assign(run_id=run_id))
-        except (FileNotFoundError, pd.errors.EmptyDataError):
-            continue
+        except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+            continue  # not a run whose record is checked (runs/state.py damage): one that has not finished
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
     info = runs[["run_id", "sweep", "label", "variant", "seed", "state"]]
     return curves.merge(info, on="run_id", how="inner")
@@ -124,8 +152,9 @@ def collect(results: Path, sweeps: list[str]) -> tuple[pd.DataFrame, pd.DataFram
     """(runs, curves) of the named sweeps.
 
     runs: a row per (sweep, run) with sweep, label, variant, seed, run_id, is_baseline, state
-    (a RunState value), error, fail_step, paper, paper_metric and the numeric keys of
-    final.json (floors as floor.<kind>.<metric>), ordered baseline first, then manifest order.
+    (a RunState value, or DAMAGED / EXCLUDED: _leave_out_damaged_seeds), error, fail_step, paper,
+    paper_metric and the numeric keys of final.json (floors as floor.<kind>.<metric>), ordered
+    baseline first, then manifest order.
     curves: the tidy curve rows with sweep, label, variant, seed and state. `label` is the
     variant name, prefixed with the sweep when several sweeps share one report.
     """
@@ -135,7 +164,7 @@ def collect(results: Path, sweeps: list[str]) -> tuple[pd.DataFrame, pd.DataFram
 
 def frames(results: Path, manifests: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """collect() for manifests already loaded (and checked)."""
-    runs = _run_rows(results, manifests)
+    runs = _leave_out_damaged_seeds(_run_rows(results, manifests))
     return runs, _curve_rows(results, runs)
 
 

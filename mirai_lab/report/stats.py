@@ -27,6 +27,9 @@ COMPARED = {"fid_domain": True, "val_nll": True}
 # val_nll: 0.01 nats, a third of the effects this project looks for at the embedded scale;
 # fid_domain: 0.5, about half the baseline's seed-to-seed spread of the final fid_domain here.
 MARGINS = {"val_nll": 0.01, "fid_domain": 0.5}
+# The fewest paired seeds a verdict may rest on. With 2 the t-interval has one degree of freedom
+# (t = 12.7 at 95%) and the sd is one number: a verdict there says more about the draw than the variant.
+MIN_SEEDS = 3
 
 
 class Verdict(StrEnum):
@@ -191,9 +194,56 @@ def classify(lo: float | np.ndarray, hi: float | np.ndarray, lower_is_better: bo
 
 
 def verdict(diff: Difference | None, lower_is_better: bool, margin: float | None) -> Verdict:
-    if diff is None or diff.n < 2:
+    """The row's verdict; below MIN_SEEDS seeds (on either side) it is unresolved, whatever the interval."""
+    if diff is None or diff.n < MIN_SEEDS:
         return Verdict.UNRESOLVED
     return Verdict(str(classify(diff.lo, diff.hi, lower_is_better, margin)))
+
+
+def p_value(diff: Difference) -> float:
+    """Two-sided p-value of the difference's t-test (the test its interval inverts); NaN below 2 seeds."""
+    if diff.n < 2 or not math.isfinite(diff.sd):
+        return math.nan
+    if diff.sd == 0:
+        return 0.0 if diff.mean != 0 else 1.0
+    t = abs(diff.mean) / (diff.sd / math.sqrt(diff.n))
+    return float(2 * stats.t.sf(t, (diff.n - 1) * diff.df_factor))
+
+
+ADJUSTMENTS = {"none": None, "holm": "holm", "bh": "fdr_bh"}  # --adjust -> statsmodels' method name
+
+
+def adjusted_verdicts(diffs: Sequence[Difference | None], lower_is_better: bool, margin: float | None,
+                      alpha: float, method: str) -> list[Verdict | None]:
+    """Verdicts of a table's rows with table-wide error control (`method` in ADJUSTMENTS).
+
+    Each row's interval is at level 1 - alpha_row (alpha_row = alpha / L for an adaptive sweep of L
+    looks, else alpha), so the row's p-value scaled by alpha / alpha_row is a valid p-value at
+    `alpha` over all of its looks (the union bound the per-row level already rests on). Holm on
+    those controls the chance that any row's better/worse is wrong at `alpha` (any dependence);
+    Benjamini-Hochberg the expected share of wrong ones among them (rows sharing one baseline are
+    positively dependent, where BH holds). "equivalent" needs the row's interval at the Bonferroni
+    level 1 - alpha_row / m inside +-margin, so equivalence claims are table-wide too. A row with
+    fewer than MIN_SEEDS seeds is unresolved and is not counted in m."""
+    rows = [i for i, d in enumerate(diffs) if d is not None and d.n >= MIN_SEEDS]
+    out: list[Verdict | None] = [None if d is None else Verdict.UNRESOLVED for d in diffs]
+    if not rows:
+        return out
+    from statsmodels.stats.multitest import multipletests  # imported where used: it is slow to import
+
+    alpha_row = 1 - diffs[rows[0]].level  # type: ignore[union-attr]
+    scaled = [min(1.0, p_value(diffs[i]) * alpha / alpha_row) for i in rows]  # type: ignore[arg-type]
+    reject = multipletests(scaled, alpha=alpha, method=ADJUSTMENTS[method])[0]
+    for i, rejected in zip(rows, reject, strict=True):
+        d = diffs[i]
+        assert d is not None
+        if rejected:
+            out[i] = Verdict.BETTER if (d.mean < 0) == lower_is_better else Verdict.WORSE
+            continue
+        wide = Difference(d.mean, d.sd, d.n, 1 - alpha_row / len(rows), d.paired, d.df_factor)
+        if margin and -margin < wide.lo and wide.hi < margin:
+            out[i] = Verdict.EQUIVALENT
+    return out
 
 
 def seeds_to_resolve(diff: Difference | None, margin: float | None) -> int | None:
@@ -202,7 +252,8 @@ def seeds_to_resolve(diff: Difference | None, margin: float | None) -> int | Non
     if diff is None or diff.n < 2:
         return None
     target = max(abs(diff.mean), (margin - abs(diff.mean)) if margin else 0.0)
-    return diff.seeds_for(target) if target > 0 else None
+    needed = diff.seeds_for(target) if target > 0 else None
+    return max(needed, MIN_SEEDS) if needed is not None else None
 
 
 # ---------------------------------------------------------------- speed-up

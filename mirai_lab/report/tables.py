@@ -17,7 +17,11 @@ import pandas as pd
 from mirai_lab.report.collect import done
 from mirai_lab.report.stats import (
     COMPARED,
+    LEVEL,
+    MIN_SEEDS,
+    Difference,
     Verdict,
+    adjusted_verdicts,
     by_seed,
     curves_by_seed,
     paired_difference,
@@ -41,12 +45,21 @@ def _stat_columns(finished: pd.DataFrame, metric: str) -> dict[str, float]:
             f"{metric}_n": len(values)}
 
 
-def _delta_columns(finished: pd.DataFrame, base_done: pd.DataFrame | None, metric: str, level: float,
-                   margin: float | None) -> dict[str, object]:
-    """Difference to the baseline; base_done is None for the baseline itself or a sweep without one."""
-    diff = None if base_done is None else paired_difference(by_seed(finished, metric), by_seed(base_done, metric),
-                                                            level)
-    found = verdict(diff, COMPARED[metric], margin) if base_done is not None else None
+def _difference(finished: pd.DataFrame, base_done: pd.DataFrame | None, metric: str, level: float
+                ) -> Difference | None:
+    if base_done is None:
+        return None
+    return paired_difference(by_seed(finished, metric), by_seed(base_done, metric), level)
+
+
+def _delta_columns(diff: Difference | None, compared: bool, metric: str, margin: float | None,
+                   found: Verdict | None = None) -> dict[str, object]:
+    """Difference to the baseline (`compared` is False for the baseline itself or a sweep without
+    one); `found` replaces the row's own verdict when a table-wide adjustment decided it."""
+    if compared and found is None:
+        found = verdict(diff, COMPARED[metric], margin)
+    if not compared:
+        found = None
     needed = seeds_to_resolve(diff, margin) if found is Verdict.UNRESOLVED else None
     return {f"delta_{metric}": diff.mean if diff else np.nan,
             f"delta_{metric}_lo": diff.lo if diff else np.nan,
@@ -73,9 +86,15 @@ def _speedup_columns(curves: pd.DataFrame, label: str, base_label: str | None, m
             f"speedup_{metric}_n": result.n if result else 0}
 
 
-def build_table(runs: pd.DataFrame, curves: pd.DataFrame, level: float, margins: Mapping[str, float]) -> pd.DataFrame:
-    """One row per variant (in the order of `runs`, baseline first within each sweep), raw numbers."""
+def build_table(runs: pd.DataFrame, curves: pd.DataFrame, level: float, margins: Mapping[str, float],
+                withheld: bool = False, adjust: str = "none", alpha: float = 1 - LEVEL) -> pd.DataFrame:
+    """One row per variant (in the order of `runs`, baseline first within each sweep), raw numbers.
+
+    `withheld`: the budget is plumbing only (report/write.py, `plumbing_reason`): the intervals stay,
+    the verdicts and seed counts are left out. `adjust` (stats.ADJUSTMENTS): verdicts with
+    table-wide error control at `alpha` over each sweep's compared rows."""
     rows = []
+    diffs: dict[tuple[int, str], Difference | None] = {}
     for (sweep, label), group in runs.groupby(["sweep", "label"], sort=False):
         finished = done(group)
         in_sweep = runs[(runs["sweep"] == sweep) & runs["is_baseline"]]
@@ -91,10 +110,30 @@ def build_table(runs: pd.DataFrame, curves: pd.DataFrame, level: float, margins:
             row.update(_stat_columns(finished, metric))
         base_done = done(in_sweep) if base_label is not None and not is_baseline else None
         for metric in COMPARED:
-            row.update(_delta_columns(finished, base_done, metric, level, margins.get(metric)))
+            diffs[len(rows), metric] = diff = _difference(finished, base_done, metric, level)
+            row.update(_delta_columns(diff, base_done is not None, metric, margins.get(metric)))
             row.update(_speedup_columns(curves, label, base_label, metric, level))
+        if withheld:
+            for metric in COMPARED:
+                row[f"verdict_{metric}"], row[f"seeds_needed_{metric}"] = None, np.nan
+        row["verdicts_withheld"] = withheld
+        row["adjust"] = adjust
         rows.append(row)
+    if adjust != "none" and not withheld:
+        _adjust(rows, diffs, margins, adjust, alpha)
     return pd.DataFrame(rows)
+
+
+def _adjust(rows: list[dict[str, object]], diffs: Mapping[tuple[int, str], Difference | None],
+            margins: Mapping[str, float], adjust: str, alpha: float) -> None:
+    """Replace each compared row's verdict by the table-wide one, one family per sweep and metric."""
+    for sweep in dict.fromkeys(r["sweep"] for r in rows):
+        family = [i for i, r in enumerate(rows) if r["sweep"] == sweep and r[f"verdict_{next(iter(COMPARED))}"]]
+        for metric in COMPARED:
+            found = adjusted_verdicts([diffs[i, metric] for i in family], COMPARED[metric], margins.get(metric),
+                                      alpha, adjust)
+            for i, verdict_ in zip(family, found, strict=True):
+                rows[i].update(_delta_columns(diffs[i, metric], True, metric, margins.get(metric), verdict_))
 
 
 # ---------------------------------------------------------------- formatting
@@ -130,8 +169,13 @@ def format_interval(mean: float, lo: float, hi: float, n: int, paired: bool | No
 def format_verdict(row: pd.Series, metric: str, margin: float | None) -> str:
     """better / worse / equivalent (±margin) / unresolved (needs N seeds)."""
     found = row[f"verdict_{metric}"]
+    if row.get("verdicts_withheld"):
+        return "none (plumbing budget)"
     if not isinstance(found, str):
         return NA
+    n = row[f"delta_{metric}_n"]
+    if found == Verdict.UNRESOLVED and 0 < n < MIN_SEEDS:
+        return f"no verdict (n={n:.0f}; needs >= {MIN_SEEDS} paired seeds)"
     if found == Verdict.EQUIVALENT:
         return f"equivalent (±{margin:g})"
     if found == Verdict.UNRESOLVED:

@@ -8,16 +8,18 @@ the statistics (report/stats.py), never written by hand.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mirai_lab.errors import UserError
 from mirai_lab.report.collect import done, frames, load_adaptive, load_manifests
 from mirai_lab.report.figures import montage, plot_curves, plot_differences, plot_finals
 from mirai_lab.report.orderings import check_orderings
-from mirai_lab.report.stats import COMPARED, LEVEL, MARGINS, seeds_needed
+from mirai_lab.report.stats import ADJUSTMENTS, COMPARED, LEVEL, MARGINS, seeds_needed
 from mirai_lab.report.tables import (
     METRICS,
     build_table,
@@ -33,7 +35,7 @@ from mirai_lab.report.tables import (
     to_markdown,
 )
 from mirai_lab.runs.state import RunState
-from mirai_lab.runs.store import write_text
+from mirai_lab.runs.store import read_json, run_dir, write_text
 
 FLOORS = {"real_vs_real": "real vs real (two real sets of this size)",
           "tokenizer_ceiling": "tokenizer ceiling (reconstructions vs real)",
@@ -249,13 +251,15 @@ def tidy_finals(runs: pd.DataFrame) -> pd.DataFrame:
 
 def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str, Any]], runs: pd.DataFrame,
                   table: pd.DataFrame, figures: list[str], level: float, margins: dict[str, float],
-                  level_line: str, adaptive: dict[str, dict[str, Any] | None], orderings: list[str]) -> str:
+                  level_line: str, adaptive: dict[str, dict[str, Any] | None], orderings: list[str],
+                  plumbing: str | None = None) -> str:
     readings = [_reading(r, margins) for _, r in table.iterrows() if not r["is_baseline"]]
     has_baseline = table["is_baseline"].sum() > 0
     if not has_baseline:
         readings = ["No baseline in these sweeps: no comparisons."]
     sections = [
-        [f"# mirai-lab report: {', '.join(sweeps)}", "", "Command:", "", "```", command, "```"],
+        [f"# mirai-lab report: {', '.join(sweeps)}", "", *([f"**No verdicts:** {plumbing}", ""] if plumbing else []),
+         "Command:", "", "```", command, "```"],
         ["## Sweeps", "", *_sweep_lines(manifests, runs, adaptive)],
         ["## Measurement", "", *_measurement_lines(runs)],
         ["## Table", "", to_markdown(display_table(table, margins)), _legend(table, level_line, margins), "",
@@ -269,22 +273,86 @@ def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str
     return "\n\n".join("\n".join(s) for s in sections) + "\n"
 
 
-def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str) -> Path:
+ADJUST_TEXT = {"holm": "Holm-adjusted (the chance that any better/worse is wrong)",
+               "bh": "Benjamini-Hochberg-adjusted (the expected share of wrong better/worse)"}
+PLUMBING_BUDGETS = ("smoke",)
+# A baseline whose final val_nll is above this share of the uniform guess (ln V nats per token) has
+# learned almost nothing: differences between such runs are differences between near-random
+# models. At the smoke budget the baseline ends at 0.99 of ln 512; at quick near 0.35.
+LEARNED_BELOW = 0.9
+
+
+def plumbing_reason(results: Path, manifests: dict[str, dict[str, Any]], runs: pd.DataFrame) -> str | None:
+    """Why this table's budget can carry no verdict, or None when it can.
+
+    A budget is plumbing when it is named so (`smoke`: it checks that the code runs), or when a
+    sweep's baseline ends with a val_nll above LEARNED_BELOW x ln(codebook size), the loss of a
+    uniform guess over the codebook."""
+    for name, manifest in manifests.items():
+        if manifest.get("budget") in PLUMBING_BUDGETS:
+            return f"sweep {name} ran at the {manifest['budget']} budget, which checks the plumbing, not the science"
+        base = done(runs[(runs["sweep"] == name) & runs["is_baseline"]])
+        if not len(base) or "val_nll" not in base or base["val_nll"].isna().all():
+            continue
+        try:
+            vocab = int(read_json(run_dir(results, base["run_id"].iloc[0]) / "config.json")["tokenizer"]
+                        ["codebook_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        uniform = math.log(vocab)
+        mean = float(base["val_nll"].mean())
+        if mean > LEARNED_BELOW * uniform:
+            return (f"sweep {name}'s baseline ends at val_nll {mean:.3f}, above {LEARNED_BELOW:g} x the uniform "
+                    f"guess ({uniform:.3f} nats for {vocab} codes): it has not learned enough to compare variants")
+    return None
+
+
+def check_one_precision(results: Path, runs: pd.DataFrame) -> None:
+    """Refuse a table whose rows were trained in different precisions: a paired difference
+    between a bf16 run and an fp32 run measures the precision as much as the variant."""
+    found: dict[str, set[str]] = {}
+    for label, run_id in zip(runs["label"], runs["run_id"], strict=True):
+        try:
+            precision = read_json(run_dir(results, run_id) / "config.json")["train"]["precision"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a run without a readable config has no result in the table either
+        found.setdefault(str(precision), set()).add(str(label))
+    if len(found) > 1:
+        parts = "; ".join(f"{p}: {', '.join(sorted(labels))}" for p, labels in sorted(found.items()))
+        raise UserError(f"the table pairs runs trained in different precisions ({parts}); train them in one "
+                        "precision (--set train.precision=fp32) and report again")
+
+
+def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, adjust: str = "none") -> Path:
     """Write table.{md,csv,tex}, finals.csv, curves.csv, the figures, COMMAND and report.md into out_dir.
 
     Inputs are read and checked before anything is written, so a bad sweep name (or a bad
     ordering in the spec) leaves out_dir untouched; each file is then written atomically.
+    `adjust` (none | holm | bh): table-wide error control of the verdicts (stats.adjusted_verdicts).
     """
+    if adjust not in ADJUSTMENTS:
+        raise UserError(f"--adjust {adjust!r}: expected one of {', '.join(ADJUSTMENTS)}")
     results, out_dir = Path(results), Path(out_dir)
     manifests = load_manifests(results, sweeps)
     adaptive = {name: load_adaptive(results, name) for name in manifests}
     level, margins, level_line = interval_settings(adaptive)
+    alpha = max((float(a["alpha"]) for a in adaptive.values() if a), default=1 - LEVEL)
+    if adjust != "none":
+        level_line += (f" Table-wide: verdicts {ADJUST_TEXT[adjust]} over each sweep's compared rows at "
+                       f"alpha {alpha:g} (statsmodels multipletests).")
     runs, curves = frames(results, manifests)
-    table = build_table(runs, curves, level, margins)
+    check_one_precision(results, runs)
+    plumbing = plumbing_reason(results, manifests, runs)
+    table = build_table(runs, curves, level, margins, withheld=plumbing is not None, adjust=adjust, alpha=alpha)
     orderings = _ordering_lines(manifests, runs, level, margins)  # checks the spec's orderings before any write
     shown = display_table(table, margins)
     write_text(out_dir / "table.csv", table.to_csv(index=False))
-    write_text(out_dir / "table.md", to_markdown(shown))
+    header = []  # what every verdict of the table rests on, stated once above it
+    if plumbing:
+        header.append(f"**No verdicts:** {plumbing}")
+    elif adjust != "none":
+        header.append(f"**Verdicts {ADJUST_TEXT[adjust]}** at alpha {alpha:g} over each sweep's rows.")
+    write_text(out_dir / "table.md", "".join(f"{line}\n\n" for line in header) + to_markdown(shown))
     caption = (f"{', '.join(sweeps)}: final val_nll and fid_domain per variant, difference to the baseline paired "
                f"by seed with its {level_text(level)} interval and verdict.")
     write_text(out_dir / "table.tex", to_latex(shown[latex_columns(shown)], caption, f"tab:{'+'.join(sweeps)}"))
@@ -302,6 +370,6 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str) 
     write_text(out_dir / "COMMAND", command + "\n")
     report = out_dir / "report.md"
     write_text(report, render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line,
-                                     adaptive, orderings))
+                                     adaptive, orderings, plumbing))
     return report
 

@@ -8,9 +8,11 @@ curve ends at what final.json says.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 from mirai_lab.runs.store import CorruptFile, write_text
@@ -50,19 +52,36 @@ class Curve:
     @classmethod
     def load(cls, path: Path, run_id: str) -> Curve:
         """The curve of `run_id` stored at `path` (empty if there is none); CorruptFile if it is not one."""
-        curve = cls(run_id)
         if not path.exists():
-            return curve
-        try:
-            with open(path, newline="") as fh:
-                reader = csv.DictReader(fh)
-                if tuple(reader.fieldnames or ()) != COLUMNS:
-                    raise ValueError(f"columns {reader.fieldnames}, expected {list(COLUMNS)}")
-                for r in reader:
-                    if r["run_id"] != run_id:
-                        raise ValueError(f"a row of run {r['run_id']!r}")
-                    curve.rows.append((r["run_id"], int(r["step"]), int(r["images_seen"]), float(r["wall_s"]),
-                                       r["metric"], float(r["value"])))
-        except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
-            raise CorruptFile(f"{path} is not a curve of run {run_id}: {exc}") from exc
+            return cls(run_id)
+        return cls(run_id, read_rows(path, run_id))
+
+    @classmethod
+    def readable_head(cls, path: Path, run_id: str) -> Curve:
+        """The rows of `path` before its first unreadable one: what a damaged curve still holds."""
+        curve = cls(run_id)
+        with contextlib.suppress(CorruptFile, OSError):
+            for row in _rows(path, run_id):
+                curve.rows.append(row)
         return curve
+
+
+def read_rows(path: Path, run_id: str | None = None) -> list[Row]:
+    """Every row of the curve file at `path`, of run `run_id` (of any run if None); CorruptFile if
+    the file is not a curve: an empty file, other columns, a row cut short or not a number."""
+    return list(_rows(path, run_id))
+
+
+def _rows(path: Path, run_id: str | None) -> Iterator[Row]:
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise ValueError(f"columns {reader.fieldnames}, expected {list(COLUMNS)}")
+            for r in reader:
+                if run_id is not None and r["run_id"] != run_id:
+                    raise ValueError(f"a row of run {r['run_id']!r}")
+                yield (r["run_id"], int(r["step"]), int(r["images_seen"]), float(r["wall_s"]), r["metric"],
+                       float(r["value"]))
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+        raise CorruptFile(f"{path} is not a curve{f' of run {run_id}' if run_id else ''}: {exc}") from exc

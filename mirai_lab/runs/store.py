@@ -22,6 +22,7 @@ import socket
 import stat
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     (0666 minus the umask)."""
     path = Path(path).absolute()
     _check_fences(path)
+    kept = "; the previous version is kept" if path.exists() else ""  # said only where there is one
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_orphan_temps(path.parent)
@@ -187,7 +189,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         _check_fences(path)
         os.replace(tmp_path, path)
     except OSError as exc:
-        raise UserError(f"could not write {path}: {exc.strerror or exc}; the previous version is kept") from exc
+        raise UserError(f"could not write {path}: {exc.strerror or exc}{kept}") from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -266,7 +268,9 @@ def load_tensors(path: Path, checked: bool = False) -> Any:
     (LlamaGen or DINOv2 weights) carry no digest and load unchecked.
     """
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's text is several lines and suggests weights_only=False: say it in one line, without that advice
         text = str(exc)
@@ -275,7 +279,7 @@ def load_tensors(path: Path, checked: bool = False) -> Any:
             what = f" ({found[1]})" if found else ""
             raise UserError(f"refusing to load {path}: it holds a pickled Python object{what}, not only tensors, "
                             "and unpickling it could run code") from None
-        raise CorruptFile(f"{path} is unreadable or truncated: {' '.join(text.split())[:200]}") from exc
+        raise CorruptFile(f"{path} is unreadable or truncated: {_unpickler_reason(text)}") from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CorruptFile(f"{path} is unreadable or truncated: {exc}") from exc
     if isinstance(blob, dict) and CHECKSUM_KEY in blob:
@@ -285,6 +289,14 @@ def load_tensors(path: Path, checked: bool = False) -> Any:
     elif checked:
         raise CorruptFile(f"{path} has no checksum: not a file this toolkit wrote")
     return blob
+
+
+def _unpickler_reason(text: str) -> str:
+    """What torch's weights-only unpickler objected to, without its advice (re-running with
+    weights_only=False, which would execute whatever the file holds)."""
+    found = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", text, re.DOTALL)
+    reason = " ".join((found[1] if found else "").split())
+    return (reason or "not a tensor file")[:200]
 
 
 class CorruptFile(ValueError):

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mirai_lab.config import RunConfig
 from mirai_lab.errors import UserError
+from mirai_lab.messages import show_progress
 from mirai_lab.training.run import execute
 from mirai_lab.training.trainer import Diverged
 
@@ -18,7 +19,7 @@ def run_with_progress(cfg: RunConfig, root: Path, quiet: bool = False) -> tuple[
     console = Console(stderr=True)
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[info]}"))
-    with Progress(*columns, console=console, disable=quiet, transient=True) as bar:
+    with Progress(*columns, console=console, disable=not show_progress(quiet), transient=True) as bar:
         task = bar.add_task("train", total=cfg.train.steps, info="preparing data and caches")
 
         def on_eval(step: int, total: int, row: dict[str, float]) -> None:

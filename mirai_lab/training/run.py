@@ -10,30 +10,35 @@ import torch
 
 from mirai_lab.config import RunConfig, build_config, config_from_dict, parse_set
 from mirai_lab.data.tokens import prepare_tokens
+from mirai_lab.distributed import world_size
 from mirai_lab.errors import UserError
 from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.foresight.sources import load_gpt_weights
 from mirai_lab.model.gpt import GPT
 from mirai_lab.runs.identity import run_id_of
-from mirai_lab.runs.state import done_record
+from mirai_lab.runs.lock import claim_run
 from mirai_lab.runs.store import CorruptFile, cache_dir, read_json, run_dir, write_json
 from mirai_lab.runs.tracking import tracked
 from mirai_lab.training.build import model_shape
+from mirai_lab.training.precision import resolved
 from mirai_lab.training.trainer import Trainer
 
 
 def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, float]], None] | None = None,
             threads: int | None = None, variant: str | None = None) -> tuple[dict[str, Any], Path, bool]:
     """Train the run unless it is already done; returns (final, run dir, skipped). The selected
-    tracker (runs/tracking.py) sees every curve row and the final metrics, tagged with `variant`."""
+    tracker (runs/tracking.py) sees every curve row and the final metrics, tagged with `variant`.
+    A config whose precision is still "auto" (one train command) is resolved here, before its id."""
 
-    run_id = run_id_of(cfg)
+    cfg = resolved(cfg, root)
+    run_id = run_id_of(cfg, world_size())
     path = run_dir(root, run_id)
-    if (final := done_record(path)) is not None:
-        return final, path, True
-    with tracked(cfg, path, run_id, progress, variant) as (on_eval, log_final):
-        final = Trainer(cfg, root, on_eval, threads).run()
-        log_final(final)
+    with claim_run(path) as final:  # one trainer per run on this machine (runs/lock.py)
+        if final is not None:
+            return final, path, True
+        with tracked(cfg, path, run_id, progress, variant) as (on_eval, log_final):
+            final = Trainer(cfg, root, on_eval, threads).run()
+            log_final(final)
     return final, path, False
 
 

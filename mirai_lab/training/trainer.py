@@ -33,7 +33,7 @@ import torch
 
 from mirai_lab.config import RunConfig
 from mirai_lab.data.tokens import prepare_tokens
-from mirai_lab.distributed import init_distributed
+from mirai_lab.distributed import init_distributed, world_size
 from mirai_lab.errors import UserError
 from mirai_lab.evaluate.evaluator import Evaluator, final_curve_row
 from mirai_lab.model.gpt import GPT
@@ -48,7 +48,6 @@ from mirai_lab.training.build import build_foresight, model_shape
 from mirai_lab.training.ema import update_ema
 from mirai_lab.training.faults import loss_hook
 from mirai_lab.training.optim import param_groups
-from mirai_lab.training.precision import resolve_precision
 from mirai_lab.training.rng import StepNoise, seeded_init
 from mirai_lab.training.schedule import learning_rate
 from mirai_lab.training.step import StepLoss
@@ -76,7 +75,7 @@ class Trainer:
         self.cfg = cfg
         self.threads = threads or cfg.train.threads or os.cpu_count() or 1
         self.root = root
-        self.run_id = run_id_of(cfg)
+        self.run_id = run_id_of(cfg, world_size())  # refuses an unresolved "auto" precision
         self.dir = run_dir(root, self.run_id)
         self.progress = progress
 
@@ -106,7 +105,7 @@ class Trainer:
         self.model.use_generators(**self.noise.generators)
         step_loss = self.dist.wrap(StepLoss(self.model, self.foresight))
         self.step_loss = torch.compile(step_loss) if t.compile else step_loss
-        self.precision = resolve_precision(cfg, self.root, self.dist, self.threads, type(self))  # "auto" measured
+        self.precision = cfg.train.precision  # fp32 | bf16: resolved before the run id was made
         self.bf16 = self.precision == "bf16"
         modules: list[torch.nn.Module] = [self.model]
         if self.foresight is not None:

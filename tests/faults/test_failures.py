@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -106,6 +107,30 @@ def test_disk_full_keeps_previous_file_and_says_so(tmp_path, monkeypatch):
         store.write_json(target, {"v": 2})
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["final.json"]  # no temp file left behind
+
+
+def test_disk_full_on_a_first_write_claims_no_previous_version(tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "replace", no_space)
+    with pytest.raises(UserError) as err:
+        store.write_json(tmp_path / "final.json", {"v": 1})
+    assert str(err.value).endswith("No space left on device") and "previous version" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_raw_pickle_is_one_clean_line_without_torch_advice(tmp_path, capfd):
+    """A plain pickle (not torch's zip format) made torch warn about its protocol on stderr and
+    the error line end with torch's advice to load it with weights_only=False."""
+    path = tmp_path / "teacher.pt"
+    path.write_bytes(pickle.dumps({"model": {1, 2}}, protocol=4))
+    with pytest.raises(store.CorruptFile) as err:
+        store.load_tensors(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "Unsupported operand" in message
+    assert "weights_only" not in message and "Re-running" not in message
+    assert capfd.readouterr().err == ""
 
 
 def test_write_interrupted_mid_file_never_exposes_half_a_file(tmp_path):
