@@ -23,12 +23,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps animal-mnist==0.4
 	touch $(STAMP)
 
-# -n auto: one pytest worker per core (pytest-xdist); the tests are single-threaded (tests/conftest.py)
+# -n auto: one pytest worker per core (pytest-xdist); the tests are single-threaded (tests/conftest.py);
+# loadgroup keeps each xdist_group (the fuzz file) on one worker
 test: $(STAMP)
-	$(BIN)/pytest -n auto
+	$(BIN)/pytest -n auto --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check mirai_lab tests benchmarks
+	$(BIN)/lint-imports
 
 demo: $(STAMP)
 	$(BIN)/mirai-lab train --budget quick

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mirai_lab.analysis.collect import collect, done
+from mirai_lab.analysis.stats import by_seed, paired_difference, seeds_needed
 from mirai_lab.errors import UserError
-from mirai_lab.report.collect import collect, done
-from mirai_lab.report.stats import by_seed, paired_difference, seeds_needed
-from mirai_lab.runs.store import read_json, run_dir
+from mirai_lab.files.atomic import read_json
+from mirai_lab.results_dir import run_dir
 
 
 def budget_of(results: Path, run_id: str) -> str:

@@ -3,9 +3,9 @@
 Every user mistake is a `UserError` (or a usage error from the parser): one line on stderr,
 exit code 2, nothing written.
 
-Each verb imports its implementation when it runs. Importing them all up front took 8.5 s on
-the 2-core AVX2 machine of 2026-12-01 (torch._dynamo through torchvision and torch-fidelity,
-sklearn, scipy, matplotlib); `--help` or a refused option needs only torch and the config.
+Each verb imports its implementation when it runs: importing them all up front (torch._dynamo
+through torchvision and torch-fidelity, sklearn, scipy, matplotlib) costs seconds that `--help`
+or a refused option should not pay; they need only torch and the config.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from mirai_lab.config import (
     MAX_TRIALS,
     MAX_WORKERS,
     SEED_MAX,
-    build_config,
     check_used,
     finite,
     load_spec_file,
@@ -37,13 +36,14 @@ from mirai_lab.config import (
 from mirai_lab.distributed import is_main_process
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.spec import SPECS_DIR, axis_spec_path, parse_variant_seeds
+from mirai_lab.foresight.fit import configure
 from mirai_lab.messages import console, one_line, say
 from mirai_lab.presets import MODEL_PRESETS
+from mirai_lab.results_dir import cache_dir, results_root, safe_name
 from mirai_lab.runs import tracking
-from mirai_lab.runs.store import cache_dir, results_root, safe_name
 
 NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits on one path component and on a whole path, in bytes
-MAX_NAME = 200  # sweep, study and run names (runs/store.safe_name)
+MAX_NAME = 200  # sweep, study and run names (results_dir.safe_name)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Does foresight help my AR image model, where, and how much?")
@@ -141,7 +141,7 @@ def prepare(
               f"{info['grid']}, dim {info['dim']}; {info['written']} shards written, {info['skipped']} kept "
               f"-> {info['out']}")
         return
-    cfg = build_config(None, parse_set(set_ or []), budget)
+    cfg = configure(None, parse_set(set_ or []), budget)
     data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(_root(results_dir)))
     mse = None if data.recon_mse is None else round(data.recon_mse, 5)
     info = {"dataset": cfg.data.dataset, "images": len(data.codes), "train": len(data.train_idx),
@@ -171,7 +171,7 @@ def train(
     overrides = parse_set(set_ or [])
     if seed is not None:
         overrides["train.seed"] = seed
-    cfg = build_config(load_spec_file(_path_option(spec, "SPEC")) if spec else None, overrides, budget)
+    cfg = configure(load_spec_file(_path_option(spec, "SPEC")) if spec else None, overrides, budget)
     check_used(overrides, [cfg], "this run")
 
     final, run_path, skipped = run_with_progress(cfg, _root(results_dir), quiet=as_json or not is_main_process())
@@ -273,12 +273,17 @@ def sweep(
     max_minutes: MaxMinutesOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the run table, do nothing.")] = False,
     results_dir: ResultsOpt = None,
+    threads: Annotated[int | None, typer.Option(min=1, max=1024, help="Torch threads per run (default: the "
+                                                                      "cores shared among --workers).")] = None,
+    heartbeat_s: Annotated[int, typer.Option(min=1, max=86_400, help="Claim heartbeat of workers sharing a "
+                                                                     "--storage, in seconds; a worker silent for 3 "
+                                                                     "beats loses its run to another.")] = 30,
     as_json: JsonOpt = False,
-    as_worker: Annotated[bool, typer.Option("--as-worker", hidden=True)] = False,
 ) -> None:
     """Expand an experiment over its axes and seeds and train every run once."""
 
-    from mirai_lab.experiments.adaptive import adaptive_options, run_adaptive, sweep_argv
+    from mirai_lab.experiments.adaptive import adaptive_options, run_adaptive
+    from mirai_lab.experiments.request import SweepRequest
     from mirai_lab.experiments.sweep_verb import run_sweep
 
     tracking.select(tracker)
@@ -291,25 +296,23 @@ def sweep(
     # checked on every path (--dry-run, workers included): a value ignored there is not a bad one let through
     options = adaptive_options(spec_path, adaptive=adaptive, margin=margin, max_seeds=max_seeds,
                                max_minutes=max_minutes, seeds=seeds)
-    if options is not None and not as_worker:
+    if options is not None:
         given = {"--storage": storage is not None, "--variant-seeds": bool(variant_seeds),
                  "--retry-failed": retry_failed, "--rerun-stale": rerun_stale}
         ignored = [flag for flag, on in given.items() if on]
         if ignored:
             raise UserError(f"an adaptive sweep trains its own rounds on this machine (--workers N) and chooses each "
                             f"variant's seeds: drop {', '.join(ignored)}")
-    if options is not None and not (dry_run or as_worker):
-        root = _root(results_dir)
-        out = run_adaptive(spec_path=spec_path, set_items=set_ or [], budget=budget, workers=workers, root=root,
-                           options=options, argv=sweep_argv(spec_path, root, budget, set_ or [], workers),
-                           as_json=as_json, name=name)
+    request = SweepRequest(spec=spec_path, command=_typed_command(), set_items=tuple(set_ or []), budget=budget,
+                           seeds=seeds, name=name, variant_seeds=parse_variant_seeds(variant_seeds or []) or None,
+                           workers=workers, threads=threads, storage=storage, heartbeat_s=heartbeat_s,
+                           retry_failed=retry_failed, rerun_stale=rerun_stale, dry_run=dry_run)
+    if options is not None and not dry_run:
+        out = run_adaptive(request, _root(results_dir), options, as_json=as_json)
         _emit(out, as_json, f"adaptive sweep {out['name']}: looks at {out['looks']} seeds, intervals at "
               f"{100 * out['level']:.4g}%; {out['stopped']}")
         return
-    out = run_sweep(axis=axis, experiment=experiment, set_items=set_ or [], budget=budget, seeds=seeds,
-                    workers=workers, storage=storage, retry_failed=retry_failed, dry_run=dry_run,
-                    root=_root(results_dir), as_json=as_json, as_worker=as_worker, argv=sys.argv[1:], name=name,
-                    rerun_stale=rerun_stale, variant_seeds=parse_variant_seeds(variant_seeds or []) or None)
+    out = run_sweep(request, _root(results_dir), as_json=as_json)
     if as_json and out is not None:
         print(json.dumps(out, sort_keys=True, default=str))
 
@@ -352,6 +355,9 @@ def tune(
 def report(
     sweeps: Annotated[list[str], typer.Argument(help="Sweep names under <results>/sweeps.")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default <results>/reports/<sweeps>).")] = None,
+    adjust: Annotated[str, typer.Option(help="Table-wide error control of the verdicts over each sweep's rows: "
+                                             "none (per row), holm (family-wise), bh (false discoveries).")]
+    = "none",
     results_dir: ResultsOpt = None,
 ) -> None:
     """Tables (md, csv, tex), figures and report.md from finished sweeps."""
@@ -359,6 +365,8 @@ def report(
     from mirai_lab.experiments.reproduce import write_report_environment
     from mirai_lab.report.write import write_report
 
+    if adjust not in ("none", "holm", "bh"):
+        raise UserError(f"--adjust {adjust!r}: expected none, holm or bh")
     for name in sweeps:
         _name_option(name, "sweep")
     if out is None and len("+".join(sweeps)) > MAX_NAME:
@@ -366,7 +374,7 @@ def report(
                         f"at most {MAX_NAME}; give --out FOLDER")
     root = _root(results_dir)
     target = _path_option(out, "--out") if out is not None else root / "reports" / "+".join(sweeps)
-    path = write_report(root, sweeps, target, command="mirai-lab " + " ".join(sys.argv[1:]))
+    path = write_report(root, sweeps, target, command=_typed_command(), adjust=adjust)
     write_report_environment(root, sweeps, target)
     say(f"report -> {path}")
 
@@ -420,7 +428,7 @@ def reproduce(
     options = adaptive_options(spec, adaptive=adaptive, margin=margin, max_seeds=max_seeds, max_minutes=max_minutes,
                                seeds=seeds) if spec.is_file() else None
     path = reproduce_table(table, _root(results_dir), budget=budget, seeds=seeds, workers=workers,
-                           set_items=set_ or [], argv=sys.argv[1:], dry_run=dry_run, adaptive=options)
+                           set_items=set_ or [], command=_typed_command(), dry_run=dry_run, adaptive=options)
     say(f"{table} -> {path}")
 
 
@@ -455,9 +463,15 @@ def bench(
     chosen = tuple(x.strip() for x in sections.split(",") if x.strip())
     opts = BenchOptions(out=out or root / "bench", root=root, presets=names, repeats=repeats, quick=quick,
                         device=device, batch=batch, sections=chosen, overrides=parse_set(set_ or []),
-                        llamagen=llamagen, command="mirai-lab " + shlex.join(sys.argv[1:]))
+                        llamagen=llamagen, command=_typed_command())
     path = run_bench(opts, console)
     say(f"benchmarks -> {path}")
+
+
+def _typed_command() -> str:
+    """The command as the user typed it (the CLI entry point alone reads argv): what manifests,
+    reports and COMMAND files record, so that anyone can run it again."""
+    return "mirai-lab " + shlex.join(sys.argv[1:])
 
 
 def main() -> None:

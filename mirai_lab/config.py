@@ -7,7 +7,6 @@ is hashed into the run id, so anything that changes the result must live here.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import tomllib
@@ -17,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirai_lab.data.images import load_images
 from mirai_lab.errors import UserError
-from mirai_lab.foresight.layout import build_layout
 from mirai_lab.presets import BUDGETS, MODEL_PRESETS, budget_overrides, llamagen_ffn_hidden
 
 # Upper bounds: far above any real run, low enough that a typo cannot hang or exhaust a machine.
@@ -331,7 +328,6 @@ def build_config(
     apply_overrides(cfg, overrides)
     resolve(cfg)
     validate(cfg)
-    check_data_fit(cfg)
     return cfg
 
 
@@ -555,30 +551,4 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     resolve(cfg)
     validate(cfg)
     return cfg
-
-
-def grid_of(cfg: RunConfig, image_size: tuple[int, int]) -> tuple[int, int]:
-    """Token grid for an image size and the tokenizer's patch."""
-    h, w = image_size
-    p = cfg.tokenizer.patch
-    if h % p or w % p:
-        raise UserError(f"tokenizer.patch={p} does not divide the {h}x{w} images of {cfg.data.dataset}")
-    return h // p, w // p
-
-
-@functools.cache
-def _image_size(dataset: str) -> tuple[int, int]:
-    return load_images(dataset).size
-
-
-def check_data_fit(cfg: RunConfig) -> None:
-    """The checks that need the data's token grid (patch, foresight layout), made from the image
-    size alone so that they fail before any tokenizer or cache is fitted and written. A code
-    folder's grid is known only once it is read; its layout is checked when the run starts."""
-    if cfg.data.dataset == "codes":
-        return
-    grid = grid_of(cfg, _image_size(cfg.data.dataset))
-    f = cfg.foresight
-    if f.source != "none" or f.injection == "mtp":
-        build_layout(f.layout, f.k, grid)
 

@@ -7,7 +7,7 @@ no wrapper, no collective, no reseeding. With them, the trainer keeps three prom
   `batch_indices` and takes its contiguous slice, and DDP averages the gradients;
 - the model starts identical on every rank (same seed before init; DDP also broadcasts
   rank 0's parameters), while dropout draws a stream of its own on each rank, keyed by
-  (seed, step, rank) in training/rng.py, so that a resumed run draws the same masks;
+  (seed, step, rank) in rng.py, so that a resumed run draws the same masks;
 - rank 0 alone evaluates and writes; the others wait only where they read what it wrote.
 """
 

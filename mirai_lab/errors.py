@@ -7,3 +7,7 @@ and keeps its traceback so it can be reported.
 
 class UserError(Exception):
     """Bad config, bad input file, impossible value: say which and what was expected."""
+
+
+class CorruptFile(ValueError):
+    """A cache or checkpoint that exists but cannot be read; callers rebuild or fall back."""

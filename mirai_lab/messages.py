@@ -32,3 +32,9 @@ def show_progress(quiet: bool = False) -> bool:
     Elsewhere (a log file, a pipe, captured stderr) rich draws nothing while it runs and writes
     an empty line when it stops, so an error raised inside it came out after a blank line."""
     return not quiet and console.is_terminal
+
+
+def warn(message: str) -> None:
+    """Report a fault the toolkit recovers from (a corrupt cache rebuilt, a run restarted): one line on stderr,
+    so that `--json` output on stdout stays parseable."""
+    say(f"warning: {one_line(message)}")

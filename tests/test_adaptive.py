@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mirai_lab.analysis.stats import Verdict, classify, t_halfwidth
 from mirai_lab.errors import UserError
 from mirai_lab.experiments import adaptive
 from mirai_lab.experiments.adaptive import AdaptiveOptions, Design, adaptive_options, run_adaptive
+from mirai_lab.experiments.request import SweepRequest
 from mirai_lab.experiments.spec import load_plan
-from mirai_lab.report.stats import Verdict, classify, t_halfwidth
 from mirai_lab.report.write import write_report
 
 
@@ -127,14 +128,14 @@ class FakeSweep:
     """Stands in for run_sweep: writes the manifest and the finished runs a real round would leave."""
 
     def __init__(self, wall_s: float = 10.0, same_drift: float = 0.0):
-        self.calls: list[tuple[int, str, list[str]]] = []
+        self.calls: list[tuple[int, str, dict | None]] = []
         self.wall_s = wall_s
         self.same_drift = same_drift
 
-    def __call__(self, *, seeds: int, root: Path, name: str, argv: list[str], variant_seeds: dict | None,
-                 experiment: Path, **_: object) -> dict:
-        self.calls.append((seeds, name, argv))
-        plan = load_plan(experiment, seeds=seeds, name=name, variant_seeds=variant_seeds)
+    def __call__(self, request: SweepRequest, root: Path, **_: object) -> dict:
+        seeds, name, variant_seeds = request.seeds, request.name, request.variant_seeds
+        self.calls.append((seeds, name, variant_seeds))
+        plan = load_plan(request.spec, seeds=seeds, name=name, variant_seeds=variant_seeds)
         runs = [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "overrides": {}} for r in plan.runs]
         (root / "sweeps" / name).mkdir(parents=True, exist_ok=True)
         (root / "sweeps" / name / "manifest.json").write_text(json.dumps(
@@ -159,8 +160,8 @@ def _run(spec: Path, root: Path, fake: FakeSweep, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(adaptive, "run_sweep", fake)
     options = AdaptiveOptions(**{"margin": 0.02, "max_seeds": 7, "max_minutes": 30.0, "first": 3, "from_spec": True,
                                  **opts})
-    return run_adaptive(spec_path=spec, set_items=[], budget=None, workers=1, root=root, options=options,
-                        argv=["sweep", "--experiment", str(spec)], as_json=True)
+    request = SweepRequest(spec=spec, command=f"mirai-lab sweep --experiment {spec}")
+    return run_adaptive(request, root, options, as_json=True)
 
 
 def test_stops_when_every_difference_is_settled(spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -169,7 +170,7 @@ def test_stops_when_every_difference_is_settled(spec: Path, tmp_path: Path, monk
     out = _run(spec, root, fake, monkeypatch)
     assert out["verdicts"] == {"good": "better", "same": "equivalent"}
     assert out["looks"] == [3] and "equivalent, or out of reach of 7 seeds at 3 seeds" in out["stopped"]
-    assert fake.calls == [(3, "ad", ["sweep", "--experiment", str(spec), "--seeds", "3", "--name", "ad"])]
+    assert fake.calls == [(3, "ad", None)]
     record = json.loads((root / "sweeps" / "ad" / "adaptive.json").read_text())
     assert record["looks_planned"] == [3, 5, 7] and record["level"] == pytest.approx(1 - 0.05 / 3)
     assert record["looks"][0]["rows"]["good"]["verdict"] == "better"
@@ -184,7 +185,7 @@ def test_adds_seeds_only_where_needed_and_resumes_without_retraining(tmp_path: P
     out = _run(path, root, fake, monkeypatch)
     assert [c[0] for c in fake.calls] == [3, 5, 7] and out["looks"] == [3, 5, 7]
     # good settled and same out of reach at the first look: they keep 3 seeds; slow and the baseline go on
-    assert fake.calls[1][2][-4:] == ["--variant-seeds", "good=3", "--variant-seeds", "same=3"]
+    assert fake.calls[1][2] == {"good": 3, "same": 3}
     assert out["seeds"] == {"baseline": 7, "good": 3, "same": 3, "slow": 7}
     ids = {(r.variant, r.seed): r.run_id for r in load_plan(path, seeds=7).runs}
     assert not (root / "runs" / ids["good", 3]).exists() and (root / "runs" / ids["slow", 6]).exists()

@@ -1,4 +1,4 @@
-"""Every cache is read and made by runs/cache.py: a corrupt file is reported in one line, deleted and rebuilt."""
+"""Every cache is read and made by files/cache.py: a corrupt file is reported in one line, deleted and rebuilt."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import torch
 from mirai_lab.config import build_config
 from mirai_lab.data.codes import load_code_folder
 from mirai_lab.data.tokens import prepare_tokens
-from mirai_lab.errors import UserError
+from mirai_lab.errors import CorruptFile, UserError
 from mirai_lab.evaluate.classifier import train_domain_classifier
 from mirai_lab.evaluate.evaluator import Evaluator
+from mirai_lab.files import cache as cache_module
+from mirai_lab.files.cache import load_or_build
+from mirai_lab.files.tensors import save_tensors
 from mirai_lab.foresight.encoders import encoder_features
-from mirai_lab.runs import cache as cache_module
-from mirai_lab.runs.cache import load_or_build
-from mirai_lab.runs.store import CorruptFile, save_tensors
 
 
 @pytest.fixture

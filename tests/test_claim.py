@@ -24,7 +24,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from mirai_lab.errors import UserError
-from mirai_lab.experiments.queue import RUN_ID_KEY, ClaimLost, RunQueue, check_storage_url, open_storage
+from mirai_lab.experiments.queue import RUN_ID_KEY, ClaimLost, RunQueue
+from mirai_lab.experiments.storage import check_storage_url, open_storage
 
 pytest_plugins = ["pg"]
 
@@ -37,7 +38,8 @@ HEARTBEAT_S = 1
 WORKER = """
 import json, os, sys, time
 from pathlib import Path
-from mirai_lab.experiments.queue import RunQueue, open_storage
+from mirai_lab.experiments.queue import RunQueue
+from mirai_lab.experiments.storage import open_storage
 
 args = json.loads(sys.argv[1])
 storage = open_storage(args["url"], Path(args["journal"]), heartbeat_s=args["heartbeat_s"])

@@ -2,6 +2,7 @@ import pytest
 
 from mirai_lab.config import build_config, parse_set
 from mirai_lab.errors import UserError
+from mirai_lab.foresight.fit import configure
 
 
 def test_budget_then_overrides():
@@ -61,7 +62,7 @@ def test_list_values_parse():
 )
 def test_bad_values_name_the_key(overrides, needle):
     with pytest.raises(UserError) as info:
-        build_config(None, overrides, "quick")
+        configure(None, overrides, "quick")  # build_config and the checks against the data
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
 

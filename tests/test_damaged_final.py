@@ -15,11 +15,12 @@ import pytest
 from cli_helpers import run_main
 from conftest import TINY
 
+from mirai_lab.analysis.collect import collect
 from mirai_lab.config import build_config
 from mirai_lab.experiments.tune import TuneOptions, objective_fn
-from mirai_lab.report.collect import collect
+from mirai_lab.files.atomic import write_json
+from mirai_lab.results_dir import run_dir
 from mirai_lab.runs.state import RunState, done_record, set_status
-from mirai_lab.runs.store import run_dir, write_json
 from mirai_lab.training.run import execute
 
 

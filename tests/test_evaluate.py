@@ -25,7 +25,7 @@ from mirai_lab.evaluate.fidelity import (
     floors,
 )
 from mirai_lab.evaluate.structure import structure_map, structure_score
-from mirai_lab.runs.store import tensor_hash
+from mirai_lab.files.digest import tensor_hash
 
 METRICS = {"fid_domain", "is_domain", "kid_domain", "precision_domain", "recall_domain"}
 

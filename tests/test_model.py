@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from mirai_lab.errors import UserError
+from mirai_lab.files.tensors import save_tensors
 from mirai_lab.foresight.sources import load_gpt_weights
 from mirai_lab.model.gpt import GPT, Dropout, GPTShape, apply_rope, rope_2d
 from mirai_lab.model.sample import filter_logits, guided_logits, sample_tokens
-from mirai_lab.runs.store import save_tensors
 
 SMALL = GPTShape(vocab_size=40, num_classes=5, grid=(4, 4), n_layer=2, dim=32, n_head=4, ffn_hidden=64)
 

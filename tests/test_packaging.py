@@ -13,13 +13,14 @@ from cli_helpers import run_main
 
 from mirai_lab.config import build_config, read_toml
 from mirai_lab.errors import UserError
+from mirai_lab.experiments.request import SweepRequest
 from mirai_lab.experiments.spec import axis_spec_path, load_plan, plan_from_spec
 from mirai_lab.experiments.sweep import write_manifest
 from mirai_lab.experiments.sweep_verb import check_name_free, run_sweep
 from mirai_lab.experiments.tune import SOURCES, TuneOptions, export_best
+from mirai_lab.files.atomic import write_json
 from mirai_lab.runs import provenance as prov
 from mirai_lab.runs.identity import COMPUTE_VERSION
-from mirai_lab.runs.store import write_json
 from mirai_lab.training.run import eval_run
 
 # one tiny variant: a sweep of it trains in seconds
@@ -42,10 +43,7 @@ base = {}
 
 
 def sweep(spec: Path, root: Path, **kw) -> dict:
-    args = {"axis": None, "experiment": spec, "set_items": [], "budget": None, "seeds": None, "workers": 1,
-            "storage": None, "retry_failed": False, "dry_run": False, "root": root, "as_json": True,
-            "as_worker": False, "argv": ["sweep"], **kw}
-    return run_sweep(**args)
+    return run_sweep(SweepRequest(spec=spec, command="mirai-lab sweep", **kw), root, as_json=True)
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from cli_helpers import refused
 from matplotlib.image import imsave
 from scipy import stats
 
+from mirai_lab.analysis.collect import collect
+from mirai_lab.analysis.stats import steps_to_reach
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.spec import SPECS_DIR, load_plan
-from mirai_lab.report.collect import collect
 from mirai_lab.report.orderings import check_orderings
 from mirai_lab.report.seed_plan import format_plan, plan_seeds
-from mirai_lab.report.stats import steps_to_reach
 from mirai_lab.report.tables import format_interval, tex_escape
 from mirai_lab.report.write import write_report
 
@@ -343,8 +343,8 @@ def test_a_smoke_table_carries_no_verdicts_and_says_so_once(results: Path, tmp_p
 
 def test_a_baseline_near_the_uniform_guess_is_plumbing(results: Path, tmp_path: Path):
     """quick budget, but the baseline's val_nll (2.09 here) sits above 0.9 x ln(V) for V = 8 codes."""
+    from mirai_lab.analysis.collect import collect
     from mirai_lab.config import build_config
-    from mirai_lab.report.collect import collect
     from mirai_lab.report.write import plumbing_reason
 
     runs, _ = collect(results, ["injection"])

@@ -9,13 +9,15 @@ import torch
 from conftest import TINY
 
 from mirai_lab.config import build_config
+from mirai_lab.errors import CorruptFile
 from mirai_lab.experiments import sweep
 from mirai_lab.experiments.spec import load_plan
+from mirai_lab.files.tensors import load_tensors, save_tensors
+from mirai_lab.results_dir import run_dir
 from mirai_lab.runs.checkpoint import load_resume
 from mirai_lab.runs.curve import Curve
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.state import RunState, run_state, set_status
-from mirai_lab.runs.store import CorruptFile, load_tensors, run_dir, save_tensors
 from mirai_lab.training.trainer import Trainer
 
 SPEC = """

@@ -20,11 +20,11 @@ from mirai_lab.config import build_config
 from mirai_lab.data.codes import load_code_folder
 from mirai_lab.errors import UserError
 from mirai_lab.evaluate.evaluator import Evaluator
+from mirai_lab.files.tensors import load_tensors, save_tensors
 from mirai_lab.foresight.dinov2 import center_crop_arr, crop_views, load_dinov2, prepare_dinov2
 from mirai_lab.foresight.sources import FeatureTableSource, load_gpt_weights
 from mirai_lab.model.gpt import GPT
 from mirai_lab.runs.identity import run_id_of
-from mirai_lab.runs.store import load_tensors, save_tensors
 from mirai_lab.training.build import model_shape
 from mirai_lab.training.trainer import Trainer
 
@@ -77,7 +77,9 @@ def test_torchrun_two_ranks_with_grad_accum_equal_one_process(tmp_path, tiny_ove
     single.run()
     (tmp_path / "ddp").mkdir()
     (tmp_path / "ddp" / "cache").symlink_to(tmp_path / "single" / "cache")  # same token cache, no refit
-    sets = [a for k, v in {**overrides, "train.grad_accum": 2}.items() for a in ("--set", f"{k}={v}")]
+    # the train command refuses fields the run does not read (the Mirai-I encoder's steps on an ema run)
+    used = {k: v for k, v in overrides.items() if k != "foresight.encoder_steps"}
+    sets = [a for k, v in {**used, "train.grad_accum": 2}.items() for a in ("--set", f"{k}={v}")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "mirai_lab", "train", *sets, "--results-dir", str(tmp_path / "ddp"), "--json"],

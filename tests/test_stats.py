@@ -1,4 +1,4 @@
-"""report/stats.py against scipy and simulation: intervals, Welch, MDE, seed counts, verdicts, speed-ups."""
+"""analysis/stats.py against scipy and simulation: intervals, Welch, MDE, seed counts, verdicts, speed-ups."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mirai_lab.report.stats import (
+from mirai_lab.analysis.stats import (
     Verdict,
     curve_difference,
     minimum_detectable_effect,
@@ -156,7 +156,7 @@ def test_curve_difference_uses_the_common_steps():
 
 def test_no_verdict_below_three_paired_seeds():
     """Two seeds with a tight interval far from zero are still unresolved; the third decides."""
-    from mirai_lab.report.stats import MIN_SEEDS, Verdict, paired_difference, verdict
+    from mirai_lab.analysis.stats import MIN_SEEDS, Verdict, paired_difference, verdict
 
     base = {0: 2.0, 1: 2.1, 2: 2.2}
     variant = {0: 1.5, 1: 1.6001, 2: 1.7}
@@ -169,7 +169,7 @@ def test_no_verdict_below_three_paired_seeds():
 def test_p_value_matches_scipys_paired_t_test():
     from scipy import stats as sps
 
-    from mirai_lab.report.stats import p_value
+    from mirai_lab.analysis.stats import p_value
 
     a, b = [2.01, 2.05, 1.98, 2.10, 2.03], [2.04, 2.09, 2.03, 2.12, 2.06]
     diff = paired_difference(dict(enumerate(a)), dict(enumerate(b)))
@@ -180,7 +180,7 @@ def test_holm_and_bh_verdicts_match_statsmodels_on_exact_p_values():
     """Rows built to hit given p-values: the rejections are statsmodels' on the same p-values."""
     from statsmodels.stats.multitest import multipletests
 
-    from mirai_lab.report.stats import Difference, Verdict, adjusted_verdicts, p_value
+    from mirai_lab.analysis.stats import Difference, Verdict, adjusted_verdicts, p_value
 
     diffs = [Difference(-m, 0.02, 5, 0.95, True) for m in (0.05, 0.03, 0.02, 0.015, 0.001)]
     ps = [p_value(d) for d in diffs]
@@ -195,7 +195,7 @@ def test_holm_and_bh_verdicts_match_statsmodels_on_exact_p_values():
 
 def _simulated_tables(n_tables: int, rows: int, seeds: int, rng: np.random.Generator) -> list[list]:
     """Null tables: every variant equals the baseline; the rows share the baseline's seed noise."""
-    from mirai_lab.report.stats import paired_difference
+    from mirai_lab.analysis.stats import paired_difference
 
     tables = []
     for _ in range(n_tables):
@@ -211,7 +211,7 @@ def test_the_table_wide_false_verdict_rate_under_the_null_stays_at_alpha(monkeyp
     (all nulls true: BH's FDR is its FWER)."""
     import gc
 
-    from mirai_lab.report.stats import Verdict, adjusted_verdicts, verdict
+    from mirai_lab.analysis.stats import Verdict, adjusted_verdicts, verdict
 
     # statsmodels' Holm calls gc.collect() on every call (0.1 s with torch loaded): not part of the method
     monkeypatch.setattr(gc, "collect", lambda *a: 0)
@@ -233,7 +233,7 @@ def test_the_table_wide_false_verdict_rate_under_the_null_stays_at_alpha(monkeyp
 def test_adjustment_with_adaptive_looks_uses_the_looks_level():
     """An adaptive row's interval is at 1 - alpha/L; its p-value is scaled by L before Holm, so a
     single row (m = 1) is rejected exactly when its own interval excludes zero."""
-    from mirai_lab.report.stats import Difference, Verdict, adjusted_verdicts, p_value
+    from mirai_lab.analysis.stats import Difference, Verdict, adjusted_verdicts, p_value
 
     level = 1 - 0.05 / 4
     for mean in (0.01, 0.02, 0.03, 0.04):

@@ -83,7 +83,7 @@ def test_two_worker_processes_through_the_journal(tmp_path):
 def test_two_workers_through_postgres(warm_results, postgres_url):
     common = ["sweep", "--axis", "k", "--budget", "smoke", "--seeds", "1", "--storage", postgres_url, *FAST,
               "--name", "k", "--results-dir", str(warm_results)]
-    procs = [subprocess.Popen([sys.executable, "-m", "mirai_lab", *common, "--as-worker"], env=ENV,
+    procs = [subprocess.Popen([sys.executable, "-m", "mirai_lab", *common, "--threads", "1"], env=ENV,
                               stderr=subprocess.PIPE) for _ in range(2)]
     for p in procs:
         assert p.wait(timeout=900) == 0, p.stderr.read().decode()

@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mirai_lab.config import build_config
 from mirai_lab.errors import UserError
+from mirai_lab.files.atomic import read_json
 from mirai_lab.runs import tracking
-from mirai_lab.runs.store import read_json
 from mirai_lab.training.run import execute
 
 

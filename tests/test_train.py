@@ -15,7 +15,7 @@ from cli_helpers import SMALL_ARGS, refused, run_main
 import mirai_lab.foresight.encoders as enc
 from mirai_lab.config import build_config
 from mirai_lab.evaluate.evaluator import Evaluator
-from mirai_lab.runs.store import load_tensors
+from mirai_lab.files.tensors import load_tensors
 from mirai_lab.training.trainer import Trainer
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}

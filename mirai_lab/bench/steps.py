@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from mirai_lab.bench.timing import use_plain_dropout
-from mirai_lab.config import build_config
-from mirai_lab.runs.store import atomic_path
+from mirai_lab.files.atomic import atomic_path
+from mirai_lab.foresight.fit import configure
+from mirai_lab.results_dir import cache_dir
 from mirai_lab.training.trainer import Trainer
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -53,14 +54,14 @@ def step_config_overrides(preset: str, variant: str, precision: str, batch: int,
                           overrides: dict[str, Any]) -> dict[str, Any]:
     over: dict[str, Any] = {"model.preset": preset, "train.batch_size": batch, "train.precision": precision}
     if preset in CODE_PRESETS:
-        over |= {"data.dataset": "codes", "data.codes_dir": str(synthetic_code_folder(root / "cache" / "bench-codes")),
+        over |= {"data.dataset": "codes", "data.codes_dir": str(synthetic_code_folder(cache_dir(root) / "bench-codes")),
                  "tokenizer.codebook_size": CODE_VOCAB, "data.val_fraction": 0.01}
     return over | VARIANTS[variant] | overrides
 
 
 def build_trainer(preset: str, variant: str, precision: str, batch: int, root: Path,
                   overrides: dict[str, Any]) -> Trainer:
-    cfg = build_config(None, step_config_overrides(preset, variant, precision, batch, root, overrides))
+    cfg = configure(None, step_config_overrides(preset, variant, precision, batch, root, overrides))
     trainer = Trainer(cfg, root)
     trainer.setup()
     if variant == "plain":

@@ -31,13 +31,14 @@ from rich.progress import Progress
 from mirai_lab.bench.llamagen import LLAMAGEN_DIR, llamagen_step
 from mirai_lab.bench.steps import CODE_PRESETS, Stepper, build_trainer, device_sync, step_config_overrides
 from mirai_lab.bench.timing import SECTIONS, gpu_bf16_peak, interleaved_samples, paired_ratio, train_flops
-from mirai_lab.config import build_config
 from mirai_lab.errors import UserError
 from mirai_lab.evaluate.evaluator import Evaluator
+from mirai_lab.files.atomic import write_text
+from mirai_lab.foresight.fit import configure
 from mirai_lab.model.gpt import GPT
 from mirai_lab.model.sample import sample_tokens
+from mirai_lab.results_dir import cache_dir
 from mirai_lab.runs.provenance import cpu_matrix_extensions, provenance
-from mirai_lab.runs.store import cache_dir, write_text
 from mirai_lab.training.precision import auto_precision, matmul_flops
 from mirai_lab.training.trainer import Trainer
 
@@ -207,7 +208,7 @@ class Bench:
     def auto_lines(self, preset: str, batch: int) -> tuple[list[str], list[dict[str, Any]]]:
         """What train.precision = auto resolves to for this preset's baseline (cached in the results dir)."""
         over = step_config_overrides(preset, "baseline", "auto", batch, self.o.root, self.o.overrides)
-        cfg = build_config(None, over)
+        cfg = configure(None, over)
         choice = auto_precision(cfg, self.o.root, Trainer, cfg.train.threads or None)
         line = f"- `train.precision = auto` on {preset}, batch {batch}: **{choice['precision']}** ({choice['reason']})"
         return [line, ""], [{"section": "auto_precision", "preset": preset, "precision": choice["precision"],
@@ -267,7 +268,7 @@ class Bench:
     def eval_section(self) -> None:
         """Evaluation seconds of a `standard` run (its val points, sample points and the final
         evaluation, as Trainer.log_point calls them) over its training seconds."""
-        cfg = build_config(None, self.o.overrides, "standard")
+        cfg = configure(None, self.o.overrides, "standard")
         t = cfg.train
         trainer = Trainer(cfg, self.o.root)
         trainer.setup()

@@ -27,9 +27,11 @@ import torch
 
 from mirai_lab.data.images import split_indices
 from mirai_lab.data.types import TokenData
-from mirai_lab.errors import UserError
-from mirai_lab.runs.cache import load_or_build
-from mirai_lab.runs.store import CorruptFile, atomic_path, content_hash, load_tensors, save_tensors
+from mirai_lab.errors import CorruptFile, UserError
+from mirai_lab.files.atomic import atomic_path
+from mirai_lab.files.cache import load_or_build
+from mirai_lab.files.digest import content_hash
+from mirai_lab.files.tensors import load_tensors, save_tensors
 
 READ_THREADS = 8  # file reads overlap on network file systems; parsing stays on the calling thread
 READ_BLOCK = 4096

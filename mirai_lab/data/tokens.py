@@ -15,9 +15,10 @@ from mirai_lab.data.codes import load_code_folder
 from mirai_lab.data.images import load_images, split_indices
 from mirai_lab.data.tokenizer import PatchTokenizer, fit_codebook, to_patches
 from mirai_lab.data.types import TokenData
-from mirai_lab.errors import UserError
-from mirai_lab.runs.cache import load_or_build
-from mirai_lab.runs.store import CorruptFile, content_hash, load_tensors, save_tensors, tensor_hash
+from mirai_lab.errors import CorruptFile, UserError
+from mirai_lab.files.cache import load_or_build
+from mirai_lab.files.digest import content_hash, tensor_hash
+from mirai_lab.files.tensors import load_tensors, save_tensors
 
 
 def prepare_tokens(data: DataConfig, tok: TokenizerConfig, cache: Path) -> TokenData:

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mirai_lab.errors import UserError
-from mirai_lab.runs.cache import load_or_build
-from mirai_lab.runs.store import CorruptFile, content_hash, load_tensors, save_tensors, tensor_hash
+from mirai_lab.errors import CorruptFile, UserError
+from mirai_lab.files.cache import load_or_build
+from mirai_lab.files.digest import content_hash, tensor_hash
+from mirai_lab.files.tensors import load_tensors, save_tensors
 
 # Bump when the network or the training procedure changes: it is part of the cache key.
 VERSION = 1

@@ -5,7 +5,7 @@ In training (every eval interval): validation NLL always; with `eval.metrics` (a
 samples. At the end: the same at
 `eval.n_samples_final`, the 2D-structure score, and the floors at that sample count, so a
 reader of final.json can tell signal from noise. Sampling noise comes from a generator keyed
-by (train.seed, step) (training/rng.py): the variants of one seed draw the same noise at the
+by (train.seed, step) (rng.py): the variants of one seed draw the same noise at the
 same step, so they differ by their models only, and no evaluation touches a training stream.
 """
 
@@ -21,16 +21,19 @@ from torchvision.utils import make_grid
 
 from mirai_lab.config import RunConfig
 from mirai_lab.data.types import TokenData
+from mirai_lab.errors import CorruptFile
 from mirai_lab.evaluate.classifier import train_domain_classifier
 from mirai_lab.evaluate.fidelity import class_accuracy, domain_metrics, floors, inception_metrics
 from mirai_lab.evaluate.structure import structure_map, structure_score
+from mirai_lab.files.atomic import atomic_path, read_json, write_json
+from mirai_lab.files.cache import load_or_build
+from mirai_lab.files.digest import content_hash
 from mirai_lab.foresight.encoder_quality import QUALITY_KEYS, encoder_quality
 from mirai_lab.foresight.encoders import IN_PROJECT
 from mirai_lab.model.gpt import GPT
 from mirai_lab.model.sample import sample_tokens
-from mirai_lab.runs.cache import load_or_build
-from mirai_lab.runs.store import CorruptFile, atomic_path, content_hash, read_json, write_json
-from mirai_lab.training.rng import stream_generator
+from mirai_lab.results_dir import SAMPLES, STRUCTURE
+from mirai_lab.rng import stream_generator
 
 SAMPLE_CHUNK = 500
 # final.json entries that are not sample metrics: settings, counts, references, or logged on the curve already
@@ -149,7 +152,7 @@ class Evaluator:
             out["metrics_note"] = "no pixel decoder for these codes: validation NLL and structure only"
         else:
             images, labels = self.samples(model, n, step)  # drawn once: the grid and the metrics see the same samples
-            write_sample_grid(images, labels, self.data.num_classes, run_dir / "samples.png")
+            write_sample_grid(images, labels, self.data.num_classes, run_dir / SAMPLES)
             if self.cfg.eval.metrics:
                 out.update(self.sample_metrics(images, labels))
                 out["floors"] = self.floors(n)
@@ -157,7 +160,7 @@ class Evaluator:
         if f.source == "bidirectional" and f.encoder in IN_PROJECT:  # the Mirai-I source's own quality (cached)
             out.update(encoder_quality(f.encoder, f.visibility, self.data, self.cache, f.encoder_steps))
         out["structure_block"] = block
-        out["structure_score"] = self.structure(model, block, run_dir / "structure.png")
+        out["structure_score"] = self.structure(model, block, run_dir / STRUCTURE)
         out["tokenizer_mse"] = self.data.recon_mse
         out["n_samples_final"] = n
         return out

@@ -24,9 +24,9 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from mirai_lab.errors import UserError
+from mirai_lab.errors import CorruptFile, UserError
 from mirai_lab.evaluate.classifier import DomainClassifier, check_images
-from mirai_lab.runs.store import CorruptFile, load_tensors
+from mirai_lab.files.tensors import load_tensors
 
 FEATURES = "penultimate"
 LOGITS = "logits"

@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from torch import Tensor
 
-from mirai_lab.runs.store import atomic_path
+from mirai_lab.files.atomic import atomic_path
 
 
 def _check(hidden: Tensor, H: int, W: int) -> None:

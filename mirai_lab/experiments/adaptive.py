@@ -4,7 +4,7 @@ difference is resolved, shown equivalent, or out of reach.
 A sweep is trained at `first` seeds, then `first + step`, ... up to `max_seeds` (the planned
 looks). After each round every variant's difference to the baseline on the stopping metric
 (val_nll by default) gets its verdict. The next round adds seeds to the variants still
-unresolved whose plug-in seed count (report/stats.seeds_to_resolve at the observed spread)
+unresolved whose plug-in seed count (analysis/stats.seeds_to_resolve at the observed spread)
 is within `max_seeds`, and to the baseline they pair with; a settled variant keeps its
 seeds, and so does a futile one (it would need more than the cap: its row says how many).
 The loop stops when no variant needs another round, at the seed cap, or before a round that
@@ -31,22 +31,23 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mirai_lab.analysis.collect import adaptive_path, collect, done, load_adaptive
+from mirai_lab.analysis.stats import COMPARED, Verdict, by_seed, paired_difference, seeds_to_resolve, verdict
 from mirai_lab.config import MAX_SEEDS, parse_set, read_toml
 from mirai_lab.errors import UserError
+from mirai_lab.experiments.request import SweepRequest
 from mirai_lab.experiments.spec import load_plan
 from mirai_lab.experiments.sweep import to_train
 from mirai_lab.experiments.sweep_precision import sweep_precision
 from mirai_lab.experiments.sweep_verb import run_sweep
-from mirai_lab.report.collect import adaptive_path, collect, done, load_adaptive
-from mirai_lab.report.stats import COMPARED, Verdict, by_seed, paired_difference, seeds_to_resolve, verdict
-from mirai_lab.runs.store import write_json
+from mirai_lab.files.atomic import write_json
 
 ALPHA = 0.05
 FIRST_MIN = 3  # a t-interval from 2 seeds has 1 degree of freedom: too wide to resolve anything
@@ -149,13 +150,6 @@ def adaptive_options(spec_path: Path, *, adaptive: bool | None, margin: float | 
     return opts
 
 
-def sweep_argv(spec_path: Path, root: Path, budget: str | None, set_items: list[str], workers: int) -> list[str]:
-    """The plain `sweep` command of one round, less its --seeds and --name (run_adaptive adds them)."""
-    return ["sweep", "--experiment", str(spec_path), "--results-dir", str(root),
-            *(["--budget", budget] if budget else []), *(arg for item in set_items for arg in ("--set", item)),
-            *(["--workers", str(workers)] if workers > 1 else [])]
-
-
 def finished_runs(root: Path, sweep: str) -> pd.DataFrame:
     """The sweep's finished runs, read once per round for its look and the next round's time estimate."""
     return done(collect(root, [sweep])[0])
@@ -198,16 +192,16 @@ def needs_more(row: dict[str, Any], max_seeds: int) -> bool:
     return row["n"] < 2 or (need is not None and need <= max_seeds)
 
 
-def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, workers: int, root: Path,
-                 options: AdaptiveOptions, argv: list[str], as_json: bool, name: str | None = None,
+def run_adaptive(request: SweepRequest, root: Path, options: AdaptiveOptions, *, as_json: bool = False,
                  metric: str = "val_nll") -> dict[str, Any]:
     """Rounds of `run_sweep` at growing seed counts under one sweep name; returns the summary
     (name, looks made, last verdicts, why it stopped), also kept in <sweep>/adaptive.json.
 
-    `argv` is the plain sweep command of the spec (without --seeds and --name), which each round
-    extends so that its manifest and its workers run exactly that round.
+    Each round is `request` at that round's seeds, under the sweep's name, with the variants that
+    keep their seeds given as variant_seeds; its manifest records the command the user typed.
     """
-    overrides = parse_set(set_items)
+    spec_path, budget, workers, name = request.spec, request.budget, request.workers, request.name
+    overrides = parse_set(list(request.set_items))
     plan = load_plan(spec_path, budget=budget, overrides=overrides, resolve_auto=sweep_precision(root, quiet=True))
     if plan.baseline is None:
         raise UserError(f"{spec_path}: adaptive seeds compare variants with a baseline: set baseline in [experiment]")
@@ -266,11 +260,8 @@ def run_adaptive(*, spec_path: Path, set_items: list[str], budget: str | None, w
                        f"{more_s / 60:.0f} more minutes after {elapsed / 60:.0f} of {options.max_minutes:g}")
             break
         if pending or n not in recorded:  # a replayed, finished round keeps the manifest of the rounds after it
-            out = run_sweep(axis=None, experiment=spec_path, set_items=set_items, budget=budget, seeds=n,
-                            workers=workers, storage=None, retry_failed=False, dry_run=False, root=root,
-                            as_json=as_json, as_worker=False, name=sweep, variant_seeds=fewer or None,
-                            argv=[*argv, "--seeds", str(n), "--name", sweep,
-                                  *(arg for v, k in fewer.items() for arg in ("--variant-seeds", f"{v}={k}"))])
+            out = run_sweep(replace(request, seeds=n, name=sweep, variant_seeds=fewer or None), root,
+                            as_json=as_json)
             trained += int((out or {}).get("trained", 0))
         seeds = target
         finished = finished_runs(root, sweep)

@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from mirai_lab.results_dir import CURVE, run_dir
 from mirai_lab.runs.curve import Curve
 from mirai_lab.runs.state import RunState, run_state
-from mirai_lab.runs.store import run_dir
 
 
 class SweepMonitor:
@@ -54,7 +54,7 @@ class SweepMonitor:
             return self.steps[run_id]
 
         try:
-            rows = Curve.load(run_dir(self.root, run_id) / "curve.csv", run_id).rows
+            rows = Curve.load(run_dir(self.root, run_id) / CURVE, run_id).rows
         except (OSError, ValueError, KeyError):
             return 0, {}
         if not rows:

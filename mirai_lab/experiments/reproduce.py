@@ -9,48 +9,43 @@ only re-renders the report.
 
 from __future__ import annotations
 
-import shlex
 import time
 from pathlib import Path
 from typing import Any
 
+from mirai_lab.analysis.collect import load_manifests
 from mirai_lab.errors import UserError
-from mirai_lab.experiments.adaptive import AdaptiveOptions, run_adaptive, sweep_argv
+from mirai_lab.experiments.adaptive import AdaptiveOptions, run_adaptive
+from mirai_lab.experiments.request import SweepRequest
 from mirai_lab.experiments.spec import SPECS_DIR
 from mirai_lab.experiments.sweep_verb import run_sweep
+from mirai_lab.files.atomic import write_text
 from mirai_lab.messages import say
-from mirai_lab.report.collect import load_manifests
 from mirai_lab.report.write import write_report
 from mirai_lab.runs.provenance import write_environment
-from mirai_lab.runs.store import write_text
 
 TABLES = ("table1", "table2", "table3", "table4")
 
 
 def reproduce_table(table: str, root: Path, *, budget: str | None, seeds: int | None, workers: int,
-                    set_items: list[str], argv: list[str], dry_run: bool = False,
+                    set_items: list[str], command: str, dry_run: bool = False,
                     adaptive: AdaptiveOptions | None = None) -> Path:
-    """Train what is missing and write the report; returns the report (dry run: the folder it would fill)."""
+    """Train what is missing and write the report; returns the report (dry run: the folder it would fill).
+    `command` is what the user typed, recorded in the manifest, the report and COMMAND."""
     if table not in TABLES:
         raise UserError(f"{table!r}: expected one of {', '.join(TABLES)}")
-    spec = SPECS_DIR / f"{table}.toml"
     t0 = time.perf_counter()
-    sweep_args = ["sweep", "--experiment", str(spec), "--results-dir", str(root)] + \
-        (["--budget", budget] if budget else []) + (["--seeds", str(seeds)] if seeds else []) + \
-        [arg for item in set_items for arg in ("--set", item)]
+    request = SweepRequest(spec=SPECS_DIR / f"{table}.toml", command=command, set_items=tuple(set_items),
+                           budget=budget, seeds=seeds, workers=workers, dry_run=dry_run)
     if adaptive is not None and not dry_run:  # rounds of seeds under one name (experiments/adaptive.py)
-        out = run_adaptive(spec_path=spec, set_items=set_items, budget=budget, workers=workers, root=root,
-                           options=adaptive, argv=sweep_argv(spec, root, budget, set_items, workers), as_json=False)
+        out = run_adaptive(request, root, adaptive)
     else:
-        out = run_sweep(axis=None, experiment=spec, set_items=set_items, budget=budget, seeds=seeds, workers=workers,
-                        storage=None, retry_failed=False, dry_run=dry_run, root=root, as_json=False, as_worker=False,
-                        argv=sweep_args)
+        out = run_sweep(request, root)
     name = out["name"] if out else table
     target = root / name
     if dry_run:
         say(f"dry run: the report would go to {target}")
         return target
-    command = "mirai-lab " + shlex.join(argv)
     report = write_report(root, [name], target, command=command)
     write_text(target / "COMMAND", command + "\n")
     write_report_environment(root, [name], target, wall_s_this_call=round(time.perf_counter() - t0, 1),

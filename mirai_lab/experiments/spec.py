@@ -36,11 +36,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mirai_lab.config import MAX_RUNS, MAX_SEEDS, SECTIONS, RunConfig, build_config, check_budget, flatten, read_toml
+from mirai_lab.config import MAX_RUNS, MAX_SEEDS, SECTIONS, RunConfig, check_budget, flatten, read_toml
 from mirai_lab.errors import UserError
+from mirai_lab.files.digest import content_hash
+from mirai_lab.foresight.fit import configure
 from mirai_lab.foresight.layout import head_offsets
 from mirai_lab.runs.identity import run_id_of
-from mirai_lab.runs.store import content_hash
 
 # The built-in specs ship inside the package, so an installed wheel runs every axis and table.
 SPECS_DIR = Path(str(resources.files("mirai_lab.experiments") / "specs"))
@@ -184,7 +185,7 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
 
     def build(variant: str, merged: dict[str, Any]) -> RunConfig:
         try:
-            return build_config(None, merged, budget_name)
+            return configure(None, merged, budget_name)
         except UserError as exc:
             raise UserError(f"{where}: variant {variant!r}: {exc}") from None
 

@@ -11,44 +11,58 @@ checkpoint, a failed one is recorded with its error and skipped until `--retry-f
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mirai_lab.config import config_from_dict
 from mirai_lab.errors import UserError
-from mirai_lab.experiments.queue import ClaimLost, RunQueue, open_storage
-from mirai_lab.experiments.spec import Plan
-from mirai_lab.messages import say
+from mirai_lab.experiments.queue import ClaimLost, RunQueue
+from mirai_lab.experiments.request import HEARTBEAT_S
+from mirai_lab.experiments.spec import Plan, PlannedRun
+from mirai_lab.experiments.storage import open_storage
+from mirai_lab.files.atomic import fenced, read_json, write_json
+from mirai_lab.messages import say, warn
+from mirai_lab.results_dir import JOURNAL, manifest_path, run_dir, sweep_dir
 from mirai_lab.runs.lock import busy, queue_claim, wait_for
 from mirai_lab.runs.state import RunState, damage, remake_note, run_state, set_status, warn_damage
-from mirai_lab.runs.store import fenced, read_json, run_dir, safe_name, warn, write_json
 from mirai_lab.training.run import execute
 from mirai_lab.training.trainer import Diverged
 
 CLAIM_FILE = "claim.txt"  # the token of the worker that holds the run (a fence for its writes)
 
 
-def manifest_path(root: Path, name: str) -> Path:
-    return root / "sweeps" / safe_name(name, "sweep name") / "manifest.json"
-
-
 def write_manifest(plan: Plan, root: Path, command: str) -> Path:
+    """The sweep's plan as data: every run with its resolved config, so that workers (worker.py)
+    train exactly what was planned, and `command` as the user typed it."""
     path = manifest_path(root, plan.name)
-    created = read_json(path).get("created", time.time()) if path.exists() else time.time()
+    try:
+        created = float(read_json(path)["created"]) if path.exists() else time.time()
+    except (ValueError, KeyError, TypeError, OSError):
+        created = time.time()  # a damaged manifest is written again; its creation time is lost with it
     manifest = {
         "name": plan.name, "budget": plan.budget, "seeds": plan.seeds, "axes": plan.axes,
         "baseline": plan.baseline, "precision": plan.precision, "command": command, "created": created,
         "paper": plan.paper,
-        "runs": [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "overrides": r.overrides}
-                 for r in plan.runs],
+        "runs": [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "overrides": r.overrides,
+                  "depends_on": r.depends_on, "config": r.cfg.to_dict()} for r in plan.runs],
     }
     write_json(path, manifest)
     return path
+
+
+def plan_from_manifest(path: Path) -> Plan:
+    """The plan a manifest holds (what a worker runs): each run's config as it was resolved at planning."""
+    try:
+        manifest = read_json(path)
+        runs = [PlannedRun(r["run_id"], r["variant"], int(r["seed"]), dict(r["overrides"]),
+                           config_from_dict(dict(r["config"])), r.get("depends_on")) for r in manifest["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} does not hold a sweep plan ({type(exc).__name__}: {exc}); plan the sweep again "
+                        "with `mirai-lab sweep`") from None
+    return Plan(manifest["name"], manifest["budget"], list(manifest["seeds"]), list(manifest["axes"]),
+                manifest.get("baseline"), runs, manifest.get("paper"), {})
 
 
 def states(plan: Plan, root: Path) -> dict[str, RunState]:
@@ -82,7 +96,7 @@ def train_one(plan: Plan, run_id: str, root: Path, threads: int | None,
         return message
 
 
-def run_sequential(plan: Plan, root: Path, retry_failed: bool, monitor: Any) -> None:
+def run_sequential(plan: Plan, root: Path, retry_failed: bool, monitor: Any, threads: int | None = None) -> None:
     """Train the pending runs in order, one process. A run that another process is training now
     (a second sweep or a `train` on the same results) is left for last, when this process waits
     for it and reuses what it made; each run is locked while it is made (runs/lock.py)."""
@@ -92,33 +106,30 @@ def run_sequential(plan: Plan, root: Path, retry_failed: bool, monitor: Any) -> 
             say(f"run {run_id} is being trained by another process; training the other runs first")
             later.append(run_id)
             continue
-        _train_in_order(plan, run_id, root, monitor)
+        _train_in_order(plan, run_id, root, monitor, threads)
     for run_id in later:
         wait_for(run_dir(root, run_id))
         if run_state(run_dir(root, run_id)).needs_training(retry_failed):  # the other process did not finish it
-            _train_in_order(plan, run_id, root, monitor)
+            _train_in_order(plan, run_id, root, monitor, threads)
 
 
-def _train_in_order(plan: Plan, run_id: str, root: Path, monitor: Any) -> None:
+def _train_in_order(plan: Plan, run_id: str, root: Path, monitor: Any, threads: int | None) -> None:
     monitor.current(run_id)
-    train_one(plan, run_id, root, None, monitor.on_eval(run_id))
+    train_one(plan, run_id, root, threads, monitor.on_eval(run_id))
     monitor.refresh()
 
 
-def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: bool, threads: int | None) -> int:
+def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: bool, threads: int | None,
+                heartbeat_s: int = HEARTBEAT_S) -> int:
     """Claim and train runs until none is left; returns how many this worker trained.
 
-    A dead worker's claim is re-issued after 3 missed heartbeats ($MIRAI_LAB_HEARTBEAT_S,
+    A dead worker's claim is re-issued after 3 missed heartbeats (`heartbeat_s`,
     default 30 s). Every write into the run's folder is fenced by the claim: a worker frozen
     past its heartbeats (its claim re-issued) that wakes stops before its next write, drops
     the run and writes nothing more for it.
     """
 
-    beat = os.environ.get("MIRAI_LAB_HEARTBEAT_S", "30")
-    if not beat.isdigit():
-        raise UserError(f"MIRAI_LAB_HEARTBEAT_S={beat!r}: expected a whole number of seconds >= 1")
-    heartbeat_s = int(beat)
-    storage = open_storage(storage_url, root / "sweeps" / plan.name / "journal.log", heartbeat_s=heartbeat_s)
+    storage = open_storage(storage_url, sweep_dir(root, plan.name) / JOURNAL, heartbeat_s=heartbeat_s)
     queue = RunQueue(storage, plan.name, [r.run_id for r in plan.unique_runs],
                      lambda rid: not run_state(run_dir(root, rid)).needs_training(retry_failed),
                      retry_failed=retry_failed)
@@ -145,49 +156,6 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
         else:
             claim.failed(error)
     return trained
-
-
-def spawn_workers(argv: list[str], n: int, threads: int, log_dir: Path) -> list[subprocess.Popen]:
-    """N copies of this sweep command as claiming workers, each with its share of the cores.
-
-    Their stderr goes to worker-<i>.log beside the manifest (a pipe nobody reads could fill
-    up and stall a worker)."""
-    env = dict(os.environ, MIRAI_LAB_WORKER_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "mirai_lab", *argv, "--as-worker"]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i in range(n):
-        with open(log_dir / f"worker-{i}.log", "wb") as log:
-            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log))
-    return procs
-
-
-def worker_problems(procs: list[subprocess.Popen], log_dir: Path) -> list[str]:
-    """One line per worker that did not exit cleanly: how it ended, and its last error line.
-
-    The last line of a killed worker's log is whatever it printed last (an Optuna warning,
-    a progress line), so only a line it printed as an error is quoted."""
-    out = []
-    for i, proc in enumerate(procs):
-        code = proc.returncode
-        if code == 0:
-            continue
-        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with status {code}"
-        log = log_dir / f"worker-{i}.log"
-        try:
-            errors = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.startswith("error:")]
-        except OSError:
-            errors = []
-        reason = f" ({errors[-1]})" if errors else ""
-        out.append(f"sweep worker {i} {how}{reason}, see {log}")
-    return out
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def summary(plan: Plan, root: Path) -> dict[str, int]:

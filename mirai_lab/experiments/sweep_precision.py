@@ -14,8 +14,8 @@ from pathlib import Path
 from mirai_lab.config import RunConfig
 from mirai_lab.experiments.spec import PrecisionResolver
 from mirai_lab.experiments.sweep import manifest_path
+from mirai_lab.files.atomic import read_json
 from mirai_lab.messages import say
-from mirai_lab.runs.store import read_json
 from mirai_lab.training.precision import auto_precision
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -12,54 +11,52 @@ from rich.console import Console
 from rich.table import Table
 
 from mirai_lab.config import check_seed, check_used, parse_set
+from mirai_lab.distributed import world_size
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.monitor import SweepMonitor
-from mirai_lab.experiments.queue import check_storage_reachable, check_storage_url
-from mirai_lab.experiments.spec import Plan, axis_spec_path, load_plan
+from mirai_lab.experiments.request import SweepRequest
+from mirai_lab.experiments.spec import Plan, load_plan
+from mirai_lab.experiments.storage import check_storage_reachable, check_storage_url
 from mirai_lab.experiments.sweep import (
     manifest_path,
     run_sequential,
-    spawn_workers,
     states,
     summary,
     to_train,
     worker_loop,
-    worker_problems,
     write_manifest,
 )
 from mirai_lab.experiments.sweep_precision import sweep_precision
-from mirai_lab.messages import say
+from mirai_lab.experiments.worker import WorkerSettings, start_workers, worker_problems
+from mirai_lab.files.atomic import read_json
+from mirai_lab.messages import say, warn
+from mirai_lab.results_dir import run_dir, stale_dir
 from mirai_lab.runs.provenance import is_stale
-from mirai_lab.runs.store import read_json, run_dir, warn
 
 
-def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str], budget: str | None,
-              seeds: int | None, workers: int, storage: str | None, retry_failed: bool, dry_run: bool,
-              root: Path, as_json: bool, as_worker: bool, argv: list[str], name: str | None = None,
-              rerun_stale: bool = False, variant_seeds: dict[str, int] | None = None) -> dict[str, Any] | None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+def run_sweep(request: SweepRequest, root: Path, *, as_json: bool = False) -> dict[str, Any]:
+    """Plan the sweep, then print it (dry run) or train what is missing; returns the summary."""
+    if world_size() > 1:
         raise UserError("sweep runs one process per run: start one sweep worker per GPU (CUDA_VISIBLE_DEVICES), "
                         "not under torchrun")
-    check_storage_url(storage, 1 if as_worker else workers)
-    overrides = parse_set(set_items)
+    r = request
+    check_storage_url(r.storage, r.workers)
+    if r.heartbeat_s < 1:
+        raise UserError(f"--heartbeat-s {r.heartbeat_s}: expected a whole number of seconds >= 1")
+    if r.threads is not None and r.threads < 1:
+        raise UserError(f"--threads {r.threads}: expected >= 1")
+    overrides = parse_set(list(r.set_items))
     check_sweep_overrides(overrides)
-    path = axis_spec_path(axis) if axis is not None else Path(experiment)  # type: ignore[arg-type]
-    plan = load_plan(path, budget=budget, seeds=seeds, overrides=overrides, name=name,
-                     resolve_auto=sweep_precision(root, quiet=as_json or as_worker),
-                     variant_seeds=variant_seeds)
-    check_used(overrides, [r.cfg for r in plan.runs], "any run of this sweep")
-    if as_worker:  # its parent checked the storage; a worker that cannot open it says why in its log
-        write_manifest(plan, root, "mirai-lab " + shlex.join(argv))
-        threads = int(os.environ.get("MIRAI_LAB_WORKER_THREADS", "0")) or None
-        worker_loop(plan, root, storage, retry_failed, threads)
-        return None
+    plan = load_plan(r.spec, budget=r.budget, seeds=r.seeds, overrides=overrides, name=r.name,
+                     resolve_auto=sweep_precision(root, quiet=as_json), variant_seeds=r.variant_seeds)
+    check_used(overrides, [run.cfg for run in plan.runs], "any run of this sweep")
     damaged = check_name_free(plan, root)
-    check_storage_reachable(storage)  # the last check (it may wait for a database), before the first write
+    check_storage_reachable(r.storage)  # the last check (it may wait for a database), before the first write
     if not as_json:
         for warning in plan.warnings:
             say(warning)
     st = states(plan, root)
-    if dry_run:
+    if r.dry_run:
         rows = [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "status": st[r.run_id]}
                 for r in plan.runs]
         if not as_json:
@@ -70,14 +67,13 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
                 table.add_row(*(str(row[c]) for c in ("run_id", "variant", "seed", "status")))
             Console().print(table)
         return {"name": plan.name, "runs": rows}
-    command = "mirai-lab " + shlex.join(argv)
     if damaged is not None:  # recovered, not refused: the manifest is rewritten from the plan
         warn(f"{damaged}; writing it again from this sweep's plan")
         manifest_path(root, plan.name).unlink()
-    if rerun_stale:
+    if r.rerun_stale:
         set_aside_stale(plan, root, quiet=as_json)
-    mpath = write_manifest(plan, root, command)
-    pending = to_train(plan, root, retry_failed)
+    mpath = write_manifest(plan, root, r.command)
+    pending = to_train(plan, root, r.retry_failed)
     before = summary(plan, root)
     if not pending:
         line = (f"sweep {plan.name}: nothing to do, {before['done']} runs already done"
@@ -88,23 +84,25 @@ def run_sweep(*, axis: str | None, experiment: Path | None, set_items: list[str]
         return {"name": plan.name, "trained": 0, **before, "manifest": str(mpath)}
     t0 = time.perf_counter()
     with SweepMonitor(plan, root, quiet=as_json) as monitor:
-        if workers > 1:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            log_dir = mpath.parent
-            procs = spawn_workers([a for a in argv if a != "--as-worker"], workers, threads, log_dir)
-            while any(p.poll() is None for p in procs):
+        if r.workers > 1:
+            threads = r.threads or max(1, (os.cpu_count() or 1) // r.workers)
+            settings = WorkerSettings(str(root), str(mpath), r.storage, r.retry_failed, threads, r.heartbeat_s)
+            procs = start_workers(settings, r.workers, mpath.parent)
+            while any(p.is_alive() for p in procs):
                 monitor.refresh()
                 time.sleep(1.0)
-            problems = worker_problems(procs, log_dir)
+            for p in procs:
+                p.join()
+            problems = worker_problems(procs, mpath.parent)
             left = to_train(plan, root, retry_failed=False)
             if problems and left:  # the survivors could not finish: the dead worker's error is the sweep's
                 raise UserError(f"{problems[0]}; {len(left)} run(s) left unfinished")
             for problem in problems:  # the others took its runs over: the sweep succeeded
                 warn(f"{problem}; the other workers finished its runs")
-        elif storage is not None:
-            worker_loop(plan, root, storage, retry_failed, None)
+        elif r.storage is not None:
+            worker_loop(plan, root, r.storage, r.retry_failed, r.threads, r.heartbeat_s)
         else:
-            run_sequential(plan, root, retry_failed, monitor)
+            run_sequential(plan, root, r.retry_failed, monitor, r.threads)
     after = summary(plan, root)
     trained = after["done"] - before["done"]
     line = (f"sweep {plan.name}: {after['done']} done ({trained} trained now), {after['failed']} failed, "
@@ -151,7 +149,7 @@ def set_aside_stale(plan: Plan, root: Path, quiet: bool = False) -> list[str]:
     """Move runs computed by another code version (provenance) to <results>/stale/, so they train again."""
     stale = [r.run_id for r in plan.unique_runs if is_stale(root, r.run_id)]
     for run_id in stale:
-        target = root / "stale" / f"{run_id}-{int(time.time())}"
+        target = stale_dir(root) / f"{run_id}-{int(time.time())}"
         target.parent.mkdir(parents=True, exist_ok=True)
         run_dir(root, run_id).rename(target)
     if stale and not quiet:

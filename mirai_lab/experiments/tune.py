@@ -17,14 +17,16 @@ import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mirai_lab.config import build_config, check_budget, check_used, flatten
+from mirai_lab.config import check_budget, check_used, flatten
 from mirai_lab.errors import UserError
-from mirai_lab.experiments.queue import check_storage_reachable, check_storage_url, open_storage
+from mirai_lab.experiments.storage import check_storage_reachable, check_storage_url, open_storage
+from mirai_lab.files.atomic import write_text
+from mirai_lab.foresight.fit import configure
 from mirai_lab.messages import show_progress
+from mirai_lab.results_dir import run_dir, safe_name, studies_dir
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.lock import claim_run
 from mirai_lab.runs.state import RunState, set_status
-from mirai_lab.runs.store import run_dir, safe_name, write_text
 from mirai_lab.training.precision import auto_precision
 from mirai_lab.training.trainer import Diverged, ProgressFn, Trainer
 
@@ -67,9 +69,9 @@ class TuneOptions:
         if self.study is not None:
             safe_name(self.study, "--study")  # it names a file under <results>/studies
         check_storage_url(self.storage)
-        probe = build_config(None, dict(SOURCES[self.source], **(self.base or {})), self.budget)
+        probe = configure(None, dict(SOURCES[self.source], **(self.base or {})), self.budget)
         # a trial reads what the search sets too: a --set step_at counts if a searched schedule is `step`
-        searched = [build_config(None, dict(SOURCES[self.source], **(self.base or {}), **{"foresight.schedule": s}),
+        searched = [configure(None, dict(SOURCES[self.source], **(self.base or {}), **{"foresight.schedule": s}),
                                  self.budget) for s in SCHEDULES] if self.search_schedule else []
         check_used(self.base or {}, [probe, *searched], "this study's trials")
         check_storage_reachable(self.storage)  # last: it may wait for a database
@@ -103,10 +105,10 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 def open_study(opts: TuneOptions, root: Path) -> optuna.Study:
 
-    storage_url = opts.storage or f"sqlite:///{(root / 'studies' / (opts.study + '.db')).resolve()}"
+    storage_url = opts.storage or f"sqlite:///{(studies_dir(root) / (opts.study + '.db')).resolve()}"
     if storage_url.startswith("sqlite:///"):
         Path(storage_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(storage_url, root / "studies" / f"{opts.study}.journal")
+    storage = open_storage(storage_url, studies_dir(root) / f"{opts.study}.journal")
     return optuna.create_study(study_name=opts.study, storage=storage, direction="minimize",
                                pruner=make_pruner(opts.pruner), load_if_exists=True,
                                sampler=optuna.samplers.TPESampler(seed=0))
@@ -114,13 +116,13 @@ def open_study(opts: TuneOptions, root: Path) -> optuna.Study:
 
 def objective_fn(opts: TuneOptions, root: Path, progress: ProgressFn | None = None) -> Any:
     """The study's objective; `progress(step, total, row)` sees every evaluation of the running trial."""
-    probe = build_config(None, dict(SOURCES[opts.source], **(opts.base or {})), opts.budget)
+    probe = configure(None, dict(SOURCES[opts.source], **(opts.base or {})), opts.budget)
     if opts.objective == "fid_domain" and not probe.eval.metrics:
         raise UserError("--objective fid_domain needs eval.metrics=true (or use --objective val_nll)")
 
     def objective(trial: optuna.Trial) -> float:
         over = suggest(trial, opts, probe.model.n_layer)
-        cfg = build_config(None, over, opts.budget)
+        cfg = configure(None, over, opts.budget)
         run_id = run_id_of(cfg)
         trial.set_user_attr("run_id", run_id)
 
@@ -160,7 +162,7 @@ def export_best(study: optuna.Study, opts: TuneOptions, out_dir: Path) -> Path:
     best = min(complete, key=lambda t: t.value)
     chosen = {**SOURCES[opts.source], **(opts.base or {}), **_params_to_overrides(best.params)}
     chosen.pop("budget", None)
-    resolved = flatten(build_config(None, chosen, opts.budget).to_dict())  # the values, coerced to their types
+    resolved = flatten(configure(None, chosen, opts.budget).to_dict())  # the values, coerced to their types
     lines = [f"# Best trial {best.number} of study {study.study_name!r}: {opts.objective} = {best.value:.6g}",
              f"# made by: mirai-lab tune --source {opts.source} --budget {opts.budget} --study {opts.study}",
              "# the source's settings, your --set values and the searched values only; the budget is a default",
@@ -192,7 +194,7 @@ def _params_to_overrides(params: dict[str, Any]) -> dict[str, Any]:
 def resolve_study_precision(study: optuna.Study, opts: TuneOptions, root: Path) -> None:
     """train.precision = auto, resolved once per study (the study's record wins over a new
     measurement) and written into the trials' base overrides, so every trial's run id holds it."""
-    reference = build_config(None, dict(SOURCES[opts.source], **(opts.base or {})), opts.budget)
+    reference = configure(None, dict(SOURCES[opts.source], **(opts.base or {})), opts.budget)
     if reference.train.precision != "auto":
         return
     chosen = study.user_attrs.get("precision") or auto_precision(reference, root)["precision"]

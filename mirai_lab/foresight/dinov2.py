@@ -49,9 +49,10 @@ from torchvision.transforms import functional as TF
 
 from mirai_lab.data.codes import find_code_dirs, numbered_files
 from mirai_lab.data.types import TokenData
-from mirai_lab.errors import UserError
+from mirai_lab.errors import CorruptFile, UserError
+from mirai_lab.files.atomic import atomic_path, read_json, write_json
+from mirai_lab.files.tensors import load_tensors
 from mirai_lab.foresight.sources import load_checked_state
-from mirai_lab.runs.store import CorruptFile, atomic_path, load_tensors, read_json, write_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's input normalisation
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -27,7 +27,10 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from mirai_lab.data.types import TokenData
-from mirai_lab.errors import UserError
+from mirai_lab.errors import CorruptFile, UserError
+from mirai_lab.files.atomic import read_json, write_json
+from mirai_lab.files.cache import load_or_build
+from mirai_lab.files.digest import content_hash
 from mirai_lab.foresight.encoders import (
     IN_PROJECT,
     BidirectionalEncoder,
@@ -37,8 +40,6 @@ from mirai_lab.foresight.encoders import (
     in_chunks,
     trained_encoder,
 )
-from mirai_lab.runs.cache import load_or_build
-from mirai_lab.runs.store import CorruptFile, content_hash, read_json, write_json
 
 # Part of the cache name: a change here (or a new `version` of the measurement) is measured anew.
 # probe_max_train bounds the fit's cost (a few seconds on one core); probe_c is sklearn's default L2.

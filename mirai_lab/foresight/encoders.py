@@ -23,11 +23,12 @@ from torch import nn
 
 from mirai_lab.data.tokenizer import to_patches
 from mirai_lab.data.types import TokenData
-from mirai_lab.errors import UserError
+from mirai_lab.errors import CorruptFile, UserError
+from mirai_lab.files.cache import load_or_build
+from mirai_lab.files.digest import content_hash
+from mirai_lab.files.tensors import load_tensors, save_tensors
 from mirai_lab.foresight.dinov2 import FeatureShards, load_dinov2_features
 from mirai_lab.model.gpt import GPTShape, RMSNorm, TransformerBlock, rope_2d
-from mirai_lab.runs.cache import load_or_build
-from mirai_lab.runs.store import CorruptFile, content_hash, load_tensors, save_tensors
 
 IN_PROJECT = ("mtm", "pixel-ae")  # the encoders trained here; dinov2 is read from pre-extracted shards
 ENCODER_SETTINGS = {"n_layer": 4, "dim": 128, "n_head": 4, "batch_size": 64, "lr": 1e-3,

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from mirai_lab.errors import UserError
+from mirai_lab.errors import CorruptFile, UserError
+from mirai_lab.files.tensors import load_tensors
 from mirai_lab.model.gpt import GPT
-from mirai_lab.runs.store import CorruptFile, load_tensors
+from mirai_lab.results_dir import CHECKPOINT, NAME_RE, run_dir, runs_dir
 
 
 class TargetSource:
@@ -69,13 +70,12 @@ class FeatureTableSource(TargetSource):
 
 def resolve_checkpoint(ref: str, results: Path) -> Path:
     """A run id under <results>/runs or a path to a checkpoint file."""
-    candidate = results / "runs" / ref / "checkpoint.pt"
-    if candidate.is_file():
+    if NAME_RE.fullmatch(ref) and (candidate := run_dir(results, ref) / CHECKPOINT).is_file():  # a path is no run id
         return candidate
     path = Path(ref)
     if path.is_file():
         return path
-    raise UserError(f"checkpoint {ref!r} not found: expected a run id under {results / 'runs'} or a file path")
+    raise UserError(f"checkpoint {ref!r} not found: expected a run id under {runs_dir(results)} or a file path")
 
 
 def load_checked_state(module: torch.nn.Module, state: dict, where: str) -> None:

@@ -79,7 +79,7 @@ class Dropout(nn.Module):
     16-bit draws. On CPU, `bernoulli_` masks cost a sixth of the training step; this is
     about 4x cheaper (benchmarks/ops). The rate is quantised to 1/65536 (0.1 -> 0.100006)
     and the scale uses the quantised rate, so the output stays unbiased. Draws come from
-    `generator` when the trainer set one (its keyed dropout stream, training/rng.py), else
+    `generator` when the trainer set one (its keyed dropout stream, rng.py), else
     from torch's default generator."""
 
     def __init__(self, p: float) -> None:

@@ -20,10 +20,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from mirai_lab.report.collect import done
-from mirai_lab.report.stats import COMPARED, curve_difference, t_halfwidth
+from mirai_lab.analysis.collect import done
+from mirai_lab.analysis.stats import COMPARED, curve_difference, t_halfwidth
+from mirai_lab.files.atomic import atomic_path
 from mirai_lab.report.tables import level_text
-from mirai_lab.runs.store import atomic_path, run_dir
+from mirai_lab.results_dir import run_dir
 
 DPI = 150
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")

@@ -21,9 +21,9 @@ from typing import Any
 
 import pandas as pd
 
+from mirai_lab.analysis.collect import done
+from mirai_lab.analysis.stats import COMPARED, Difference, by_seed, paired_difference
 from mirai_lab.errors import UserError
-from mirai_lab.report.collect import done
-from mirai_lab.report.stats import COMPARED, Difference, by_seed, paired_difference
 
 OPS = ("<", ">")
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mirai_lab.analysis.collect import collect, done, load_adaptive
+from mirai_lab.analysis.stats import COMPARED, LEVEL, by_seed, paired_difference
 from mirai_lab.errors import UserError
-from mirai_lab.report.collect import collect, done, load_adaptive
-from mirai_lab.report.stats import COMPARED, LEVEL, by_seed, paired_difference
 from mirai_lab.report.tables import NA, level_text, to_markdown
 
 

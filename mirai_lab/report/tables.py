@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mirai_lab.report.collect import done
-from mirai_lab.report.stats import (
+from mirai_lab.analysis.collect import done
+from mirai_lab.analysis.stats import (
     COMPARED,
     LEVEL,
     MIN_SEEDS,

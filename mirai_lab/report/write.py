@@ -3,7 +3,7 @@
 The report states only what the files say: every number comes from a run's final.json or
 curve.csv, a missing one is shown as "n/a", runs that failed or did not finish are listed,
 and the verdicts, the noise-and-power paragraph and the "reading" lines are generated from
-the statistics (report/stats.py), never written by hand.
+the statistics (analysis/stats.py), never written by hand.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Any
 
 import pandas as pd
 
+from mirai_lab.analysis.collect import done, frames, load_adaptive, load_manifests
+from mirai_lab.analysis.stats import ADJUSTMENTS, COMPARED, LEVEL, MARGINS, seeds_needed
 from mirai_lab.errors import UserError
-from mirai_lab.report.collect import done, frames, load_adaptive, load_manifests
+from mirai_lab.files.atomic import read_json, write_text
 from mirai_lab.report.figures import montage, plot_curves, plot_differences, plot_finals
 from mirai_lab.report.orderings import check_orderings
-from mirai_lab.report.stats import ADJUSTMENTS, COMPARED, LEVEL, MARGINS, seeds_needed
 from mirai_lab.report.tables import (
     METRICS,
     build_table,
@@ -34,8 +35,8 @@ from mirai_lab.report.tables import (
     to_latex,
     to_markdown,
 )
+from mirai_lab.results_dir import CONFIG, SAMPLES, STRUCTURE, run_dir
 from mirai_lab.runs.state import RunState
-from mirai_lab.runs.store import read_json, run_dir, write_text
 
 FLOORS = {"real_vs_real": "real vs real (two real sets of this size)",
           "tokenizer_ceiling": "tokenizer ceiling (reconstructions vs real)",
@@ -295,7 +296,7 @@ def plumbing_reason(results: Path, manifests: dict[str, dict[str, Any]], runs: p
         if not len(base) or "val_nll" not in base or base["val_nll"].isna().all():
             continue
         try:
-            vocab = int(read_json(run_dir(results, base["run_id"].iloc[0]) / "config.json")["tokenizer"]
+            vocab = int(read_json(run_dir(results, base["run_id"].iloc[0]) / CONFIG)["tokenizer"]
                         ["codebook_size"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -313,7 +314,7 @@ def check_one_precision(results: Path, runs: pd.DataFrame) -> None:
     found: dict[str, set[str]] = {}
     for label, run_id in zip(runs["label"], runs["run_id"], strict=True):
         try:
-            precision = read_json(run_dir(results, run_id) / "config.json")["train"]["precision"]
+            precision = read_json(run_dir(results, run_id) / CONFIG)["train"]["precision"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a run without a readable config has no result in the table either
         found.setdefault(str(precision), set()).add(str(label))
@@ -365,8 +366,8 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
     figures = [*plot_curves(curves, runs, order, out_dir, level),
                *plot_differences(curves, order, base_label, out_dir, level),
                *plot_finals(runs, order, base_label, out_dir, level),
-               *montage(runs, order, results, "samples.png", out_dir),
-               *montage(runs, order, results, "structure.png", out_dir)]
+               *montage(runs, order, results, SAMPLES, out_dir),
+               *montage(runs, order, results, STRUCTURE, out_dir)]
     write_text(out_dir / "COMMAND", command + "\n")
     report = out_dir / "report.md"
     write_text(report, render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line,

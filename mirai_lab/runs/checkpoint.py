@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from mirai_lab.errors import CorruptFile
+from mirai_lab.files.tensors import load_tensors, save_tensors
+from mirai_lab.results_dir import CHECKPOINT, CURVE
 from mirai_lab.runs.curve import Curve
-from mirai_lab.runs.store import CorruptFile, load_tensors, save_tensors
 
-CHECKPOINT_FILE = "checkpoint.pt"
-CURVE_FILE = "curve.csv"
 OPTIONAL = ("cuda_rng",)  # restored when present and on CUDA: no training noise depends on it
 
 
@@ -39,7 +39,7 @@ class Resume:
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    save_tensors(run_dir / CHECKPOINT_FILE, state)
+    save_tensors(run_dir / CHECKPOINT, state)
 
 
 def load_resume(run_dir: Path, run_id: str, template: dict[str, Any], optimizer: torch.optim.Optimizer,
@@ -48,7 +48,7 @@ def load_resume(run_dir: Path, run_id: str, template: dict[str, Any], optimizer:
 
     `template` is the trainer's checkpoint state before any step (this run's keys, shapes and
     dtypes); the optimizer's state is checked against the shapes of `optimizer`'s parameters."""
-    path = run_dir / CHECKPOINT_FILE
+    path = run_dir / CHECKPOINT
     state = load_tensors(path, checked=True)
     _check_like(template, state, "checkpoint", skip=("optimizer",))
     if state["config_hash"] != run_id:
@@ -57,10 +57,10 @@ def load_resume(run_dir: Path, run_id: str, template: dict[str, Any], optimizer:
     if not (1 <= step <= max_step and rows >= 0):
         raise CorruptFile(f"{path}: step {step} or curve_rows {rows} out of range")
     _check_optimizer(state["optimizer"], optimizer, path)
-    curve = Curve.load(run_dir / CURVE_FILE, run_id)
+    curve = Curve.load(run_dir / CURVE, run_id)
     head = curve.head(rows)
     if len(curve.rows) < rows or head.digest() != state["curve_sha256"]:
-        raise CorruptFile(f"{run_dir / CURVE_FILE} does not match the checkpoint of step {step}")
+        raise CorruptFile(f"{run_dir / CURVE} does not match the checkpoint of step {step}")
     return Resume(state, head)
 
 

@@ -15,7 +15,8 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-from mirai_lab.runs.store import CorruptFile, write_text
+from mirai_lab.errors import CorruptFile
+from mirai_lab.files.atomic import write_text
 
 COLUMNS = ("run_id", "step", "images_seen", "wall_s", "metric", "value")
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from mirai_lab.config import RunConfig
-from mirai_lab.runs.store import content_hash
+from mirai_lab.files.digest import content_hash
 
 # The code's side of a run's identity (runs/provenance.py), hashed into every run id: bump it when
 # a change of the code changes what a run computes, so that runs made before are never reused.
-# 2: every random draw of training comes from keyed streams (training/rng.py).
+# 2: every random draw of training comes from keyed streams (rng.py).
 # 3: train.precision is resolved before the id is made ("auto" is never hashed); the torchrun
 #    world size is part of the id.
 COMPUTE_VERSION = 3
 
 # Settings that change how fast a run trains or how often it is measured, not what it learns:
 # threads and micro-batching (speed, memory), val_every (evaluation draws nothing from the
-# training streams, training/rng.py: the weights are bit-identical at any value) and compile
+# training streams, rng.py: the weights are bit-identical at any value) and compile
 # (the same computation, fused; equal to float rounding).
 NOT_IDENTITY = ("threads", "grad_accum", "val_every", "compile")
 
@@ -30,7 +30,7 @@ def run_id_of(cfg: RunConfig, world: int = 1) -> str:
     computations on different machines, so it has no id (training/precision.py resolves it).
 
     `world` is the torchrun world size: each rank draws its own dropout and class-dropout
-    streams (training/rng.py), so a 2-rank run computes something else than one process does
+    streams (rng.py), so a 2-rank run computes something else than one process does
     and gets its own id; one process (world 1) hashes no world at all."""
     d = cfg.to_dict()
     if d["train"]["precision"] not in ("fp32", "bf16"):

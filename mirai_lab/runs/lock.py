@@ -17,7 +17,7 @@ notice an unlinked lock and retry on the path), as are the locks folder when it 
 finished command leaves nothing behind.
 
 Two kinds of process skip the lock. A sweep worker that claimed its run through an Optuna
-storage (experiments/queue.py) already holds it exclusively, on every machine that shares the
+storage (experiments/queue.py and experiments/storage.py) already holds it exclusively, on every machine that shares the
 storage; a lock would let a frozen worker block the worker that takes its run over. The ranks
 of a torchrun job make one run together: only one of them may hold a lock, and the others
 would not wait for it.

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from mirai_lab.files.atomic import read_json, write_json
+from mirai_lab.results_dir import PROVENANCE, run_dir
 from mirai_lab.runs.identity import COMPUTE_VERSION
-from mirai_lab.runs.store import read_json, run_dir, write_json
 
-PROVENANCE = "provenance.json"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # /proc/cpuinfo flags of the units a matmul can use, in the order they are named
 MATRIX_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",

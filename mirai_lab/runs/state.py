@@ -11,11 +11,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mirai_lab.runs.checkpoint import CHECKPOINT_FILE, CURVE_FILE
+from mirai_lab.errors import CorruptFile
+from mirai_lab.files.atomic import read_json, write_json
+from mirai_lab.files.tensors import load_tensors
+from mirai_lab.messages import warn
+from mirai_lab.results_dir import CHECKPOINT, CONFIG, CURVE, FINAL, STATUS
 from mirai_lab.runs.curve import Curve, Row, read_rows
-from mirai_lab.runs.store import CorruptFile, load_tensors, read_json, warn, write_json
 
-STATUS, CONFIG, FINAL, CURVE = "status.json", "config.json", "final.json", CURVE_FILE
 RECORD = (STATUS, CONFIG, FINAL, CURVE)  # the files that say what a run is and what it measured
 
 
@@ -230,7 +232,7 @@ def mend(path: Path) -> None:
 
 def _mend_curve(path: Path) -> None:
     try:
-        checkpoint = load_tensors(path / CHECKPOINT_FILE, checked=True)
+        checkpoint = load_tensors(path / CHECKPOINT, checked=True)
         rows, digest = int(checkpoint["curve_rows"]), str(checkpoint["curve_sha256"])
     except (CorruptFile, OSError, KeyError, TypeError, ValueError, RuntimeError):
         rows, digest = -1, ""
@@ -239,4 +241,4 @@ def _mend_curve(path: Path) -> None:
         head.save(path / CURVE)
         return
     (path / CURVE).unlink(missing_ok=True)
-    (path / CHECKPOINT_FILE).unlink(missing_ok=True)
+    (path / CHECKPOINT).unlink(missing_ok=True)

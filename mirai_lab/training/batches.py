@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from mirai_lab.training.rng import stream_generator
+from mirai_lab.rng import stream_generator
 
 
 def batch_indices(train_idx: torch.Tensor, batch: int, seed: int, step: int) -> torch.Tensor:

@@ -20,8 +20,8 @@ from mirai_lab.foresight.sources import (
     resolve_checkpoint,
 )
 from mirai_lab.model.gpt import GPT, GPTShape
-from mirai_lab.runs.store import cache_dir
-from mirai_lab.training.rng import seeded_init
+from mirai_lab.results_dir import cache_dir
+from mirai_lab.rng import seeded_init
 
 
 def model_shape(cfg: RunConfig, data: TokenData) -> GPTShape:

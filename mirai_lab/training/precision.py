@@ -44,9 +44,11 @@ import torch
 from mirai_lab.config import RunConfig
 from mirai_lab.distributed import world_size
 from mirai_lab.errors import UserError
-from mirai_lab.runs.cache import load_or_build
+from mirai_lab.files.atomic import read_json, write_json
+from mirai_lab.files.cache import load_or_build
+from mirai_lab.files.digest import content_hash
+from mirai_lab.results_dir import cache_dir
 from mirai_lab.runs.provenance import cpu_matrix_extensions, cpu_model
-from mirai_lab.runs.store import cache_dir, content_hash, read_json, write_json
 
 PROBE_N = 256  # a bf16 matmul of 256^3 takes ~30 ms in emulation, a fraction of a millisecond on bf16 units
 EMULATED_BELOW = 0.5  # bf16/fp32 matmul throughput under which bf16 is taken as emulated

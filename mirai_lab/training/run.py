@@ -8,16 +8,18 @@ from typing import Any
 
 import torch
 
-from mirai_lab.config import RunConfig, build_config, config_from_dict, parse_set
+from mirai_lab.config import RunConfig, config_from_dict, parse_set
 from mirai_lab.data.tokens import prepare_tokens
 from mirai_lab.distributed import world_size
-from mirai_lab.errors import UserError
+from mirai_lab.errors import CorruptFile, UserError
 from mirai_lab.evaluate.evaluator import Evaluator
+from mirai_lab.files.atomic import read_json, write_json
+from mirai_lab.foresight.fit import configure
 from mirai_lab.foresight.sources import load_gpt_weights
 from mirai_lab.model.gpt import GPT
+from mirai_lab.results_dir import CHECKPOINT, CONFIG, FINAL, cache_dir, run_dir
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.lock import claim_run
-from mirai_lab.runs.store import CorruptFile, cache_dir, read_json, run_dir, write_json
 from mirai_lab.runs.tracking import tracked
 from mirai_lab.training.build import model_shape
 from mirai_lab.training.precision import resolved
@@ -47,7 +49,7 @@ def load_trained(run: str, root: Path) -> tuple[RunConfig, Any, Any]:
 
 
     cfg, path = load_run_config(root, run)
-    ckpt = path / "checkpoint.pt"
+    ckpt = path / CHECKPOINT
     if not ckpt.exists():
         raise UserError(f"run {run!r} has no checkpoint yet ({ckpt})")
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
@@ -73,9 +75,9 @@ def eval_run(run: str, root: Path, n: int | None, extractor: str | None) -> dict
         cfg.eval.extractor = extractor
     _, path = load_run_config(root, run)
     try:
-        old = read_json(path / "final.json") if (path / "final.json").exists() else {}
+        old = read_json(path / FINAL) if (path / FINAL).exists() else {}
     except ValueError as exc:
-        raise UserError(f"{path / 'final.json'} is not valid JSON ({exc}): the run's record is damaged; "
+        raise UserError(f"{path / FINAL} is not valid JSON ({exc}): the run's record is damaged; "
                         "delete the run folder and train it again") from None
     name = f"eval-n{cfg.eval.n_samples_final}" + ("" if cfg.eval.extractor == "domain" else f"-{cfg.eval.extractor}")
     # its sample grid and structure map go to a folder of the same name, beside the training's
@@ -87,7 +89,7 @@ def eval_run(run: str, root: Path, n: int | None, extractor: str | None) -> dict
 
 def eval_floors(root: Path, set_items: list[str], n: int | None) -> dict[str, Any]:
 
-    cfg = build_config(None, parse_set(set_items))
+    cfg = configure(None, parse_set(set_items))
     data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(root))
     ev = Evaluator(cfg, data, cache_dir(root))
     count = n or cfg.eval.n_samples_final
@@ -98,15 +100,15 @@ def load_run_config(root: Path, run: str) -> tuple[RunConfig, Path]:
     """Config of an existing run given its id or its directory."""
 
     path = Path(run)
-    if not _is_file(path / "config.json"):
+    if not _is_file(path / CONFIG):
         path = run_dir(root, run)
-    if not _is_file(path / "config.json"):
+    if not _is_file(path / CONFIG):
         raise UserError(f"run {run!r} not found (looked for {path / 'config.json'})")
     if root.resolve() not in path.resolve().parents:  # eval writes into the run folder: keep it in the results
         raise UserError(f"run folder {str(path)!r} is outside the results directory {str(root)!r}: pass "
                         "--results-dir, or the run id")
     try:
-        d = read_json(path / "config.json")
+        d = read_json(path / CONFIG)
     except ValueError as exc:
         raise UserError(f"{path / 'config.json'} is not valid JSON: {exc}") from None
     d.pop("run_id", None)

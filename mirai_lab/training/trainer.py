@@ -1,7 +1,7 @@
 """The training loop of one run: NTP + foresight, EMA, dense val_nll, sparse sample metrics, exact resume.
 
 Reproducibility contract: every random draw of training (initial weights, batch order, crops,
-class-dropout and dropout masks) comes from a keyed stream (training/rng.py), a pure function
+class-dropout and dropout masks) comes from a keyed stream (rng.py), a pure function
 of (seed, step, stream, rank), and evaluation samples from its own stream. A run killed and
 restarted from its checkpoint (runs/checkpoint.py) therefore ends with the same weights, EMA,
 optimizer state and curve as an uninterrupted one, whatever the evaluation frequency or the
@@ -34,21 +34,23 @@ import torch
 from mirai_lab.config import RunConfig
 from mirai_lab.data.tokens import prepare_tokens
 from mirai_lab.distributed import init_distributed, world_size
-from mirai_lab.errors import UserError
+from mirai_lab.errors import CorruptFile, UserError
 from mirai_lab.evaluate.evaluator import Evaluator, final_curve_row
+from mirai_lab.files.atomic import write_json
+from mirai_lab.messages import warn
 from mirai_lab.model.gpt import GPT
-from mirai_lab.runs.checkpoint import CHECKPOINT_FILE, CURVE_FILE, load_resume, save_checkpoint
+from mirai_lab.results_dir import CHECKPOINT, CONFIG, CURVE, FINAL, cache_dir, run_dir
+from mirai_lab.rng import StepNoise, seeded_init
+from mirai_lab.runs.checkpoint import load_resume, save_checkpoint
 from mirai_lab.runs.curve import Curve
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.provenance import write_provenance
 from mirai_lab.runs.state import RunState, set_status
-from mirai_lab.runs.store import CorruptFile, cache_dir, run_dir, warn, write_json
 from mirai_lab.training.batches import batch_indices, crop_indices
 from mirai_lab.training.build import build_foresight, model_shape
 from mirai_lab.training.ema import update_ema
 from mirai_lab.training.faults import loss_hook
 from mirai_lab.training.optim import param_groups
-from mirai_lab.training.rng import StepNoise, seeded_init
 from mirai_lab.training.schedule import learning_rate
 from mirai_lab.training.step import StepLoss
 
@@ -136,7 +138,7 @@ class Trainer:
 
     def try_resume(self) -> bool:
         """Continue from the checkpoint if there is one that this run can trust; else start afresh."""
-        if not (self.dir / CHECKPOINT_FILE).exists():
+        if not (self.dir / CHECKPOINT).exists():
             return False
         try:
             resume = load_resume(self.dir, self.run_id, self.checkpoint_state(), self.opt, self.cfg.train.steps)
@@ -230,7 +232,7 @@ class Trainer:
         self.setup()  # bad references (a missing static checkpoint, ...) fail here, before any write
         main = self.dist.is_main
         if main:
-            config_path = self.dir / "config.json"
+            config_path = self.dir / CONFIG
             if not config_path.exists():
                 write_json(config_path, {"run_id": self.run_id, **cfg.to_dict()})
                 write_provenance(self.dir, self.threads, self.precision)
@@ -259,8 +261,8 @@ class Trainer:
         final.update({"run_id": self.run_id, "steps": self.step, "wall_s": round(self.wall(), 2),
                       "resumed": resumed, "params": self.model.n_params()})
         self.curve.add(self.step, self.step * t.batch_size, self.wall(), final_curve_row(final))
-        self.curve.save(self.dir / CURVE_FILE)
-        write_json(self.dir / "final.json", final)
+        self.curve.save(self.dir / CURVE)
+        write_json(self.dir / FINAL, final)
         set_status(self.dir, RunState.DONE)
         return final
 
@@ -280,7 +282,7 @@ class Trainer:
         row.update(evaluator.in_training(self.ema, self.step, samples=eval_point and self.step < t.steps))
         self.last_val_nll = (self.step, row["val_nll"])
         self.curve.add(self.step, self.step * t.batch_size, self.wall(), row)
-        self.curve.save(self.dir / CURVE_FILE)
+        self.curve.save(self.dir / CURVE)
         if eval_point:
             save_checkpoint(self.dir, self.checkpoint_state())
         if self.progress is not None:

@@ -39,6 +39,11 @@ def write_spec(folder: Path, text: str = SPEC) -> Path:
     return path
 
 
+# a sweep that shares a storage claims runs as one worker: one thread, and a 1 s heartbeat so that a dead
+# or frozen worker's run passes to another within seconds
+WORKER_OPTS = ("--threads", "1", "--heartbeat-s", "1")
+
+
 def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **extra}
 

@@ -14,7 +14,7 @@ import time
 
 import optuna
 import pytest
-from helpers import SPEC, env, snapshot, sweep_cmd, sweep_here, write_spec
+from helpers import SPEC, WORKER_OPTS, env, snapshot, sweep_cmd, sweep_here, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ def test_three_workers_one_killed(tmp_path):
     spec = write_spec(tmp_path, text)
     results = tmp_path / "r"
     journal = results / "sweeps" / "faults" / "journal.log"
-    cmd = sweep_cmd(spec, results, "--storage", f"journal:{journal}", "--as-worker")
-    extra = env(MIRAI_LAB_HEARTBEAT_S="1", MIRAI_LAB_WORKER_THREADS="1")
+    cmd = sweep_cmd(spec, results, "--storage", f"journal:{journal}", *WORKER_OPTS)
+    extra = env()
     # a valid plan first (in-process: it writes nothing), then three claiming workers
     assert sweep_here(spec, results, "--dry-run").code == 0
     workers = [subprocess.Popen(cmd, env=extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]

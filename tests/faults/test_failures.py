@@ -20,9 +20,10 @@ from mirai_lab.config import build_config
 from mirai_lab.data.tokens import prepare_tokens
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.spec import load_plan
+from mirai_lab.files import atomic as store
+from mirai_lab.files.tensors import CorruptFile, load_tensors
 from mirai_lab.foresight.dinov2 import load_dinov2
 from mirai_lab.report.write import write_report
-from mirai_lab.runs import store
 from mirai_lab.training.faults import INJECT_NAN_ENV
 from mirai_lab.training.trainer import Trainer
 
@@ -125,8 +126,8 @@ def test_a_raw_pickle_is_one_clean_line_without_torch_advice(tmp_path, capfd):
     the error line end with torch's advice to load it with weights_only=False."""
     path = tmp_path / "teacher.pt"
     path.write_bytes(pickle.dumps({"model": {1, 2}}, protocol=4))
-    with pytest.raises(store.CorruptFile) as err:
-        store.load_tensors(path)
+    with pytest.raises(CorruptFile) as err:
+        load_tensors(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message and "Unsupported operand" in message
     assert "weights_only" not in message and "Re-running" not in message
@@ -255,7 +256,7 @@ def test_pickle_refusal_is_one_line_that_names_the_file_and_why(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": Payload()}, path)
     with pytest.raises(UserError) as err:
-        store.load_tensors(path)
+        load_tensors(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message and "could run code" in message
     assert "system" in message and "weights_only" not in message

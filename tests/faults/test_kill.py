@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import env, run_sweep, snapshot, sweep_cmd, write_spec
 
-from mirai_lab.runs.checkpoint import CURVE_FILE
+from mirai_lab.results_dir import CURVE as CURVE_FILE
 from mirai_lab.runs.curve import Curve
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import torch
 from helpers import killed_run
 
 from mirai_lab.config import build_config
-from mirai_lab.runs.store import load_tensors
+from mirai_lab.files.tensors import load_tensors
 from mirai_lab.training.trainer import Trainer
 
 pytestmark = pytest.mark.slow

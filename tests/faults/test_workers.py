@@ -12,11 +12,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import env, sweep_cmd, sweep_here, write_spec
+from helpers import WORKER_OPTS, env, sweep_cmd, sweep_here, write_spec
 
 pytestmark = pytest.mark.slow
 
-WORKER_ENV = env(MIRAI_LAB_HEARTBEAT_S="1", MIRAI_LAB_WORKER_THREADS="1")
+WORKER_ENV = env()
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -47,7 +47,7 @@ def test_frozen_worker_loses_its_claim_and_writes_nothing_when_it_wakes(tmp_path
     spec = write_spec(tmp_path)
     results = tmp_path / "r"
     journal = tmp_path / "journal.log"
-    cmd = sweep_cmd(spec, results, "--storage", f"journal:{journal}", "--as-worker")
+    cmd = sweep_cmd(spec, results, "--storage", f"journal:{journal}", *WORKER_OPTS)
     frozen = subprocess.Popen(cmd, env=WORKER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: checkpointed_runs(results), 120, "the first worker's first checkpoint")

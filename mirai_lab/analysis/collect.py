@@ -13,22 +13,15 @@ import numpy as np
 import pandas as pd
 
 from mirai_lab.errors import UserError
+from mirai_lab.files.atomic import read_json
+from mirai_lab.messages import warn
+from mirai_lab.results_dir import CURVE, FINAL, STATUS, adaptive_path, manifest_path, run_dir, sweeps_dir
 from mirai_lab.runs.state import RunState, damage, run_state
-from mirai_lab.runs.store import read_json, run_dir, warn
 
 CURVE_COLUMNS = ["run_id", "step", "images_seen", "wall_s", "metric", "value"]
 # states of the runs frame beside RunState's: a run whose files cannot be read (runs/state.py
 # damage), and a sound run of the same sweep and seed, left out with it to keep the pairs paired
 DAMAGED, EXCLUDED = "damaged", "excluded"
-
-
-def sweeps_dir(results: Path) -> Path:
-    return Path(results) / "sweeps"
-
-
-def adaptive_path(results: Path, sweep: str) -> Path:
-    """Where an adaptive sweep records its design and looks (beside its manifest)."""
-    return sweeps_dir(results) / sweep / "adaptive.json"
 
 
 def load_manifests(results: Path, sweeps: list[str]) -> dict[str, dict[str, Any]]:
@@ -37,7 +30,7 @@ def load_manifests(results: Path, sweeps: list[str]) -> dict[str, dict[str, Any]
         raise UserError("no sweep named: give at least one sweep to report")
     manifests = {}
     for name in sweeps:
-        path = sweeps_dir(results) / name / "manifest.json"
+        path = manifest_path(results, name)
         if not path.exists():
             found = sorted(p.parent.name for p in sweeps_dir(results).glob("*/manifest.json"))
             raise UserError(f"no sweep {name!r} in {sweeps_dir(results)} (existing: {', '.join(found) or 'none'})")
@@ -96,7 +89,7 @@ def _run_rows(results: Path, manifests: dict[str, dict[str, Any]]) -> pd.DataFra
                 path = run_dir(results, run["run_id"])
                 found = damage(path)
                 state = run_state(path)
-                status = read_optional(path / "status.json") if found is None else {}
+                status = read_optional(path / STATUS) if found is None else {}
                 failed = state is RunState.FAILED and found is None
                 rows.append({
                     "sweep": sweep, "label": f"{sweep}: {variant}" if len(manifests) > 1 else variant,
@@ -106,7 +99,7 @@ def _run_rows(results: Path, manifests: dict[str, dict[str, Any]]) -> pd.DataFra
                     "error": found.text if found is not None else status.get("error") if failed else None,
                     "fail_step": status.get("step") if failed else None,
                     "paper": (paper.get("rows") or {}).get(variant, np.nan), "paper_metric": paper.get("metric"),
-                    **(_flatten_final(read_optional(path / "final.json"))
+                    **(_flatten_final(read_optional(path / FINAL))
                        if state is RunState.DONE and found is None else {}),
                 })
     runs = pd.DataFrame(rows)
@@ -137,7 +130,7 @@ def _curve_rows(results: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """All curve.csv files joined with their runs (a run shared by two sweeps appears under both)."""
     frames = []
     for run_id in runs.loc[runs["state"] != DAMAGED, "run_id"].unique():
-        path = run_dir(results, run_id) / "curve.csv"
+        path = run_dir(results, run_id) / CURVE
         try:
             # the run directory is the identity; a copied curve.csv may still carry another id
             frames.append(pd.read_csv(path).drop(columns="run_id", errors="ignore").assign(run_id=run_id))

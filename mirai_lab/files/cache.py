@@ -25,8 +25,8 @@ from typing import TypeVar
 
 from filelock import FileLock
 
-from mirai_lab.errors import UserError
-from mirai_lab.runs.store import CorruptFile, warn
+from mirai_lab.errors import CorruptFile, UserError
+from mirai_lab.messages import warn
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""Finished runs read back and compared: collection, statistics (intervals, verdicts, power, speed-up), seed plans."""

@@ -1,0 +1,1 @@
+"""Storage primitives that every layer uses: atomic files, digests, tensor files, caches."""
