@@ -10,6 +10,7 @@ or a refused option should not pay; they need only torch and the config.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from typer._click.exceptions import ClickException  # typer >= 0.20 vendors click
 
+from mirai_lab import __version__
 from mirai_lab.bench.llamagen import LLAMAGEN_DIR
 from mirai_lab.bench.timing import SECTIONS
 from mirai_lab.config import (
@@ -62,11 +63,30 @@ MarginOpt = Annotated[float | None, typer.Option(help="Adaptive: equivalence mar
 MaxSeedsOpt = Annotated[int | None, typer.Option(help="Adaptive: seed cap (default: the spec's, else 10).")]
 MaxMinutesOpt = Annotated[float | None, typer.Option(help="Adaptive: no round starts that would end past this many "
                                                           "minutes (default: the spec's, else 60).")]
-TrackerOpt = Annotated[str | None, typer.Option(help="Log curves and final metrics to none | tensorboard | wandb "
-                                                     "(offline, files in the run folder; default $MIRAI_LAB_TRACKER "
-                                                     "or none).")]
+TrackerOpt = Annotated[str | None, typer.Option(help="Log every step, the curves and the final metrics to none | "
+                                                     "tensorboard | wandb (files in the run folder; W&B offline unless "
+                                                     "$WANDB_MODE, project $WANDB_PROJECT or mirai-lab, "
+                                                     "$WANDB_ENTITY; default $MIRAI_LAB_TRACKER or none).")]
+LogEveryOpt = Annotated[float | None, typer.Option(
+    "--log-every-s", min=0, help="Where stderr is not a terminal (a log, a pipe, a sweep worker's log): seconds "
+                                 "between plain progress lines (0: every step; default $MIRAI_LAB_LOG_EVERY_S or 30). "
+                                 "Not part of the run config.")]
 NameOpt = Annotated[str | None, typer.Option(help="Sweep name (default: the spec's, plus budget, seeds and --set "
                                                   "when they differ from the spec's).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mirai-lab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Does foresight help my AR image model, where, and how much?"""
 
 
 def _root(results_dir: Path | None) -> Path:
@@ -141,8 +161,12 @@ def prepare(
               f"{info['grid']}, dim {info['dim']}; {info['written']} shards written, {info['skipped']} kept "
               f"-> {info['out']}")
         return
-    cfg = configure(None, parse_set(set_ or []), budget)
-    data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(_root(results_dir)))
+    overrides = parse_set(set_ or [])
+    cfg = configure(None, overrides, budget)
+    check_used(overrides, [cfg], "prepare")
+    # cache_dir(root) without its mkdir: the folder is made by the first cache file written, so that
+    # a refused input (a missing data.codes_dir) leaves none behind
+    data = prepare_tokens(cfg.data, cfg.tokenizer, cache_dir(_root(results_dir), create=False))
     mse = None if data.recon_mse is None else round(data.recon_mse, 5)
     info = {"dataset": cfg.data.dataset, "images": len(data.codes), "train": len(data.train_idx),
             "val": len(data.val_idx), "grid": list(data.grid), "codebook": data.vocab_size,
@@ -159,14 +183,18 @@ def train(
     budget: BudgetOpt = None,
     seed: Annotated[int | None, typer.Option(help="Shortcut for --set train.seed=N.")] = None,
     tracker: TrackerOpt = None,
+    log_every_s: LogEveryOpt = None,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train one run (or resume it, or report it if it is already done)."""
 
-    from mirai_lab.training.progress import run_with_progress
+    from mirai_lab.training.progress import select_interval
+    from mirai_lab.training.run import execute
+    from mirai_lab.training.trainer import Diverged
 
     tracking.select(tracker)
+    select_interval(log_every_s)
 
     overrides = parse_set(set_ or [])
     if seed is not None:
@@ -174,7 +202,10 @@ def train(
     cfg = configure(load_spec_file(_path_option(spec, "SPEC")) if spec else None, overrides, budget)
     check_used(overrides, [cfg], "this run")
 
-    final, run_path, skipped = run_with_progress(cfg, _root(results_dir), quiet=as_json or not is_main_process())
+    try:
+        final, run_path, skipped = execute(cfg, _root(results_dir), bar=not as_json)
+    except Diverged as exc:
+        raise UserError(f"run diverged: {exc} (status.json says failed)") from None
     if not is_main_process():
         return
     summary = {k: v for k, v in final.items() if not isinstance(v, dict)}
@@ -194,6 +225,7 @@ def sample(
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Sampling seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Output PNG.")] = Path("samples.png"),
     results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Draw class-conditional samples from a run's EMA weights into a PNG grid."""
 
@@ -215,7 +247,9 @@ def sample(
                           e.top_p, generator=torch.Generator().manual_seed(seed))
     write_sample_grid(data.tokenizer.decode(codes), labels, data.num_classes, out,
                       per_class=max(1, -(-n // data.num_classes)))
-    say(f"{n} samples of run {run} -> {out}")
+    scale = e.cfg_scale if cfg_scale is None else cfg_scale
+    _emit({"run": run, "n": n, "cfg_scale": scale, "seed": seed, "out": str(out)}, as_json,
+          f"{n} samples of run {run} -> {out}")
 
 
 @app.command(name="eval")
@@ -267,11 +301,14 @@ def sweep(
         "--variant-seeds", help="VARIANT=N: train only the first N seeds of one variant (repeatable; the "
                                 "adaptive rounds use it to add seeds where they are needed).")] = None,
     tracker: TrackerOpt = None,
+    log_every_s: LogEveryOpt = None,
     adaptive: AdaptiveOpt = None,
     margin: MarginOpt = None,
     max_seeds: MaxSeedsOpt = None,
     max_minutes: MaxMinutesOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the run table, do nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the run table (an adaptive sweep's first look "
+                                                            "and its planned looks) and a time estimate; do "
+                                                            "nothing.")] = False,
     results_dir: ResultsOpt = None,
     threads: Annotated[int | None, typer.Option(min=1, max=1024, help="Torch threads per run (default: the "
                                                                       "cores shared among --workers).")] = None,
@@ -282,11 +319,14 @@ def sweep(
 ) -> None:
     """Expand an experiment over its axes and seeds and train every run once."""
 
-    from mirai_lab.experiments.adaptive import adaptive_options, run_adaptive
+    from mirai_lab.experiments.adaptive import STEP, Design, adaptive_options, run_adaptive
+    from mirai_lab.experiments.dry_run import first_look
     from mirai_lab.experiments.request import SweepRequest
     from mirai_lab.experiments.sweep_verb import run_sweep
+    from mirai_lab.training.progress import select_interval
 
     tracking.select(tracker)
+    select_interval(log_every_s)
 
     if (axis is None) == (experiment is None):
         raise UserError("give exactly one of --axis NAME or --experiment FILE")
@@ -312,7 +352,12 @@ def sweep(
         _emit(out, as_json, f"adaptive sweep {out['name']}: looks at {out['looks']} seeds, intervals at "
               f"{100 * out['level']:.4g}%; {out['stopped']}")
         return
-    out = run_sweep(request, _root(results_dir), as_json=as_json)
+    looks = None
+    if options is not None:  # a dry run of an adaptive sweep shows its first look and the looks planned after it
+        looks = {**Design(options.first, STEP, options.max_seeds, margin=options.margin).to_json(),
+                 "max_minutes": options.max_minutes}
+        request = first_look(request, _root(results_dir), options.first, options.from_spec)
+    out = run_sweep(request, _root(results_dir), as_json=as_json, adaptive=looks)
     if as_json and out is not None:
         print(json.dumps(out, sort_keys=True, default=str))
 
@@ -359,6 +404,7 @@ def report(
                                              "none (per row), holm (family-wise), bh (false discoveries).")]
     = "none",
     results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Tables (md, csv, tex), figures and report.md from finished sweeps."""
 
@@ -376,7 +422,27 @@ def report(
     target = _path_option(out, "--out") if out is not None else root / "reports" / "+".join(sweeps)
     path = write_report(root, sweeps, target, command=_typed_command(), adjust=adjust)
     write_report_environment(root, sweeps, target)
-    say(f"report -> {path}")
+    _emit({"report": str(path), "folder": str(target), "sweeps": sweeps, "adjust": adjust}, as_json,
+          f"report -> {path}")
+
+
+@app.command()
+def confirm(
+    sweep_name: Annotated[str, typer.Argument(metavar="SWEEP", help="A finished sweep under <results>/sweeps.")],
+    seeds: Annotated[int, typer.Option(min=3, max=MAX_SEEDS, help="Fresh seeds per row (a disjoint block).")] = 5,
+    workers: Annotated[int, typer.Option(min=1, max=MAX_WORKERS, help="Runs trained at once on this machine.")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the fresh runs, do nothing.")] = False,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train every resolved row and the baseline again on fresh seeds: replicated, not replicated or inconclusive."""
+
+    from mirai_lab.experiments.confirm import confirm_sweep
+
+    record = confirm_sweep(_root(results_dir), _name_option(sweep_name, "sweep"), seeds=seeds, workers=workers,
+                           command=_typed_command(), dry_run=dry_run, as_json=as_json)
+    rows = [f"{v} {m}: {r['outcome']}" for v, ms in record.get("rows", {}).items() for m, r in ms.items()]
+    _emit(record, as_json, "confirm " + sweep_name + ": " + ("; ".join(rows) or record.get("note", "dry run")))
 
 
 @app.command()
@@ -396,7 +462,7 @@ def plan(
     if as_json:
         _emit(info, True, "")
     else:
-        Console().print(format_plan(info), highlight=False)
+        print(format_plan(info))  # plain text: rich would wrap the table at 80 columns in a pipe
 
 
 @app.command()
@@ -414,6 +480,7 @@ def reproduce(
     max_seeds: MaxSeedsOpt = None,
     max_minutes: MaxMinutesOpt = None,
     results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run a paper-table sweep, then write results/<table>/ (tables, figures, COMMAND, environment).
 
@@ -427,9 +494,11 @@ def reproduce(
     spec = SPECS_DIR / f"{table}.toml"  # an unknown table is refused by reproduce_table with the valid names
     options = adaptive_options(spec, adaptive=adaptive, margin=margin, max_seeds=max_seeds, max_minutes=max_minutes,
                                seeds=seeds) if spec.is_file() else None
-    path = reproduce_table(table, _root(results_dir), budget=budget, seeds=seeds, workers=workers,
-                           set_items=set_ or [], command=_typed_command(), dry_run=dry_run, adaptive=options)
-    say(f"{table} -> {path}")
+    # with --json, stdout holds the JSON alone: the sweep's own tables go to stderr with its messages
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        path = reproduce_table(table, _root(results_dir), budget=budget, seeds=seeds, workers=workers,
+                               set_items=set_ or [], command=_typed_command(), dry_run=dry_run, adaptive=options)
+    _emit({"table": table, "path": str(path), "dry_run": dry_run}, as_json, f"{table} -> {path}")
 
 
 @app.command()

@@ -2,7 +2,7 @@
 
     <results>/runs/<run_id>/{config.json,status.json,curve.csv,final.json,provenance.json,
                              samples.png,structure.png,checkpoint.pt}
-    <results>/sweeps/<name>/{manifest.json,adaptive.json,journal.log,worker-<i>.log}
+    <results>/sweeps/<name>/{manifest.json,adaptive.json,confirm.json,journal.log,worker-<i>.log}
     <results>/cache/<kind>-<hash>.<ext>     tokenizer, token codes, classifiers, encoders, features
     <results>/studies/<study>.{db,journal}  tune studies
     <results>/stale/<run_id>-<time>/        runs of an older code version set aside (--rerun-stale)
@@ -28,7 +28,7 @@ RESULTS_ENV = "MIRAI_LAB_RESULTS"
 CONFIG, STATUS, CURVE, FINAL = "config.json", "status.json", "curve.csv", "final.json"
 CHECKPOINT, PROVENANCE, SAMPLES, STRUCTURE = "checkpoint.pt", "provenance.json", "samples.png", "structure.png"
 # the files of a sweep folder
-MANIFEST, ADAPTIVE, JOURNAL = "manifest.json", "adaptive.json", "journal.log"
+MANIFEST, ADAPTIVE, JOURNAL, CONFIRM = "manifest.json", "adaptive.json", "journal.log", "confirm.json"
 
 PSEUDO_FILE_SYSTEMS = ("/proc", "/sys", "/dev")  # kernel interfaces, never a place for results
 
@@ -71,9 +71,12 @@ def safe_name(name: str, what: str) -> str:
                         "leading '.'), at most 200 characters")
     return name
 
-def cache_dir(root: Path) -> Path:
+def cache_dir(root: Path, create: bool = True) -> Path:
+    """<root>/cache; create=False for a caller whose cache writes make it (they make their parents),
+    so that an input refused before the first write leaves no empty folder."""
     path = Path(root) / "cache"
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 def runs_dir(root: Path) -> Path:

@@ -31,6 +31,30 @@ SMALL = {"data.dataset": "synthetic", "tokenizer.codebook_size": 32, "eval.n_sam
 SMALL_ARGS = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
 
 
+def tiny_spec(name: str, *, seeds: int, train: str, samples: int = 20, foresight: str = "{ k = 3, coef = 1.0 }",
+              variants: str = 'ema = { foresight = { source = "ema" } }') -> str:
+    """The experiment spec of the end-to-end tests: the synthetic set, the tiny model, no sample
+    metrics, a baseline and `variants`; `train` is the [base] train table's inside."""
+    return f"""[experiment]
+name = "{name}"
+budget = "smoke"
+seeds = {seeds}
+baseline = "baseline"
+
+[base]
+data = {{ dataset = "synthetic" }}
+tokenizer = {{ codebook_size = 32, iters = 5 }}
+model = {{ preset = "tiny" }}
+train = {{ {train} }}
+eval = {{ metrics = false, n_samples = {samples}, n_samples_final = {samples} }}
+foresight = {foresight}
+
+[axes.source]
+baseline = {{ baseline = true }}
+{variants}
+"""
+
+
 class Ran(NamedTuple):
     """What a command line gave: its exit code, its stdout and its stderr."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from cli_helpers import run_main
+from cli_helpers import run_main, tiny_spec
 from conftest import TINY
 
 from mirai_lab.analysis.collect import collect
@@ -71,25 +71,7 @@ def test_a_tuner_trial_on_a_damaged_done_run_evaluates_it_again(tmp_path, capsys
 
 # ---------------------------------------------------------------- every record file, through the CLI
 
-SPEC = """
-[experiment]
-name = "damage"
-budget = "smoke"
-seeds = 2
-baseline = "baseline"
-
-[base]
-data = { dataset = "synthetic" }
-tokenizer = { codebook_size = 32, iters = 5 }
-model = { preset = "tiny" }
-train = { steps = 12, batch_size = 16, eval_every = 6 }
-eval = { metrics = false, n_samples = 20, n_samples_final = 20 }
-foresight = { k = 3, coef = 1.0 }
-
-[axes.source]
-baseline = { baseline = true }
-ema = { foresight = { source = "ema" } }
-"""
+SPEC = tiny_spec("damage", seeds=2, train="steps = 12, batch_size = 16, eval_every = 6")
 
 FILES = ("final.json", "curve.csv", "status.json", "config.json")
 

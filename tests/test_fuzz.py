@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import entries, refused, run_main
+from cli_helpers import entries, refused, run_main, tiny_spec
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -483,23 +483,9 @@ def test_unusable_storages_write_nothing(case, verb):
 
 # --- damaged results folders ---------------------------------------------------------------------------------------
 
-DAMAGE_SPEC = """[experiment]
-name = "dmg"
-budget = "smoke"
-seeds = 1
-baseline = "baseline"
-
-[base]
-data = { dataset = "synthetic" }
-tokenizer = { codebook_size = 32, iters = 5 }
-model = { preset = "tiny" }
-train = { steps = 2, batch_size = 8, eval_every = 2, val_every = 2, threads = 1 }
-eval = { metrics = false, n_samples = 8, n_samples_final = 8 }
-
-[axes.source]
-baseline = { baseline = true }
-ema = { foresight = { source = "ema", k = 3, coef = 1.0 } }
-"""
+DAMAGE_SPEC = tiny_spec("dmg", seeds=1, samples=8,
+                        train="steps = 2, batch_size = 8, eval_every = 2, val_every = 2, threads = 1", foresight="{}",
+                        variants='ema = { foresight = { source = "ema", k = 3, coef = 1.0 } }')
 RUN_FILES = ["config.json", "status.json", "curve.csv", "final.json"]
 SWEEP_FILES = ["manifest.json", "adaptive.json"]
 

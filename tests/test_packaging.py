@@ -54,9 +54,9 @@ def tiny_spec(tmp_path: Path) -> Path:
 
 
 def test_names_say_budget_seeds_and_overrides():
-    path = axis_spec_path("k")  # spec: budget standard, 3 seeds
+    path = axis_spec_path("k")  # spec: budget quick, 3 seeds
     assert load_plan(path).name == "k"
-    assert load_plan(path, budget="standard", seeds=3).name == "k"  # the spec's own values add nothing
+    assert load_plan(path, budget="quick", seeds=3).name == "k"  # the spec's own values add nothing
     assert load_plan(path, budget="smoke").name == "k-smoke"
     assert load_plan(path, budget="smoke", seeds=1).name == "k-smoke-s1"
     a = load_plan(path, overrides={"foresight.coef": "0.5"}).name

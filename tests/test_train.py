@@ -16,6 +16,8 @@ import mirai_lab.foresight.encoders as enc
 from mirai_lab.config import build_config
 from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.files.tensors import load_tensors
+from mirai_lab.runs.tracking import TrainingHook
+from mirai_lab.training.progress import ProgressLines
 from mirai_lab.training.trainer import Trainer
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -115,13 +117,8 @@ def test_paired_variants_share_initial_weights_masks_and_the_first_ntp_loss(tmp_
     assert all(torch.equal(a, b) for a, b in zip(states[0], states[1], strict=True))  # dropout draws
 
 
-def test_the_step_never_reads_a_value_back_from_the_device(tmp_path, tiny_overrides, monkeypatch):
-    """No .item(), float(), bool(), int(), tolist() from project code between evaluations; torch's own
-    CPU-side bookkeeping (AdamW's step counter) is not a device read and is let through."""
-    cfg = build_config(None, {**tiny_overrides, "foresight.source": "ema", "foresight.student_block": 2,
-                              "train.grad_accum": 2})
-    trainer = Trainer(cfg, tmp_path)
-    trainer.setup()
+def device_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The list that every read of a tensor's value from project code is appended to from now on."""
     reads: list[str] = []
 
     def spy(name):
@@ -137,11 +134,48 @@ def test_the_step_never_reads_a_value_back_from_the_device(tmp_path, tiny_overri
 
     for name in ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__", "__format__"):
         monkeypatch.setattr(torch.Tensor, name, spy(name))
+    return reads
+
+
+def test_the_step_never_reads_a_value_back_from_the_device(tmp_path, tiny_overrides, monkeypatch):
+    """No .item(), float(), bool(), int(), tolist() from project code between evaluations; torch's own
+    CPU-side bookkeeping (AdamW's step counter) is not a device read and is let through."""
+    cfg = build_config(None, {**tiny_overrides, "foresight.source": "ema", "foresight.student_block": 2,
+                              "train.grad_accum": 2})
+    trainer = Trainer(cfg, tmp_path)
+    trainer.setup()
+    reads = device_reads(monkeypatch)
     for step in range(3):
         trainer.train_step(step)
     assert reads == []
     bool(torch.ones(()))  # the spy sees a read from outside torch
     assert reads == [f"__bool__ from {__name__}"]
+
+
+def test_progress_and_tracker_hooks_read_the_device_once_per_point_not_per_step(tmp_path, tiny_overrides,
+                                                                                monkeypatch):
+    """The hooks of a display and a tracker keep the step free of device reads; the per-step values
+    come back in one read, equal to the losses the curve averages."""
+    cfg = build_config(None, {**tiny_overrides, "foresight.source": "ema", "foresight.student_block": 2,
+                              "train.grad_accum": 2})
+    lines: list[str] = []
+    tracker = TrainingHook()
+    tracker.wants_steps = True
+    trainer = Trainer(cfg, tmp_path, hooks=[ProgressLines("r", 1e9, lines.append), tracker])
+    trainer.setup()
+    reads = device_reads(monkeypatch)
+    for step in range(3):
+        trainer.train_step(step)
+        trainer.step = step + 1
+        trainer.after_step()
+    assert reads == [] and lines == []
+    steps = trainer.read_step_logs()
+    assert reads == ["tolist from mirai_lab.training.trainer"]  # one transfer for every value of the three steps
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert set(steps[0]) >= {"loss", "train_ntp", "align_loss_k0", "grad_norm", "lr", "lambda_scale", "steps_per_s",
+                             "tokens_per_s"}
+    assert sum(s["train_ntp"] for s in steps) == pytest.approx(trainer.read_logs()["train_ntp"] * 3, rel=1e-5)
+    assert trainer.read_step_logs() == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -19,14 +19,10 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
+from mirai_lab.metrics import COMPARED, MARGINS  # noqa: F401 - the statistics' view of the registry
+
 LEVEL = 0.95
 POWER = 0.80
-# Metrics compared against the baseline; value = lower is better.
-COMPARED = {"fid_domain": True, "val_nll": True}
-# Equivalence margins: a difference whose whole interval lies inside +-margin is "equivalent".
-# val_nll: 0.01 nats, a third of the effects this project looks for at the embedded scale;
-# fid_domain: 0.5, about half the baseline's seed-to-seed spread of the final fid_domain here.
-MARGINS = {"val_nll": 0.01, "fid_domain": 0.5}
 # The fewest paired seeds a verdict may rest on. With 2 the t-interval has one degree of freedom
 # (t = 12.7 at 95%) and the sd is one number: a verdict there says more about the draw than the variant.
 MIN_SEEDS = 3

@@ -30,6 +30,7 @@ from mirai_lab.files.cache import load_or_build
 from mirai_lab.files.digest import content_hash
 from mirai_lab.foresight.encoder_quality import QUALITY_KEYS, encoder_quality
 from mirai_lab.foresight.encoders import IN_PROJECT
+from mirai_lab.metrics import FID, VAL_NLL
 from mirai_lab.model.gpt import GPT
 from mirai_lab.model.sample import sample_tokens
 from mirai_lab.results_dir import SAMPLES, STRUCTURE
@@ -37,7 +38,7 @@ from mirai_lab.rng import stream_generator
 
 SAMPLE_CHUNK = 500
 # final.json entries that are not sample metrics: settings, counts, references, or logged on the curve already
-NOT_ON_CURVE = {"val_nll", "structure_block", "structure_score", "tokenizer_mse", "n_samples_final",
+NOT_ON_CURVE = {VAL_NLL, "structure_block", "structure_score", "tokenizer_mse", "n_samples_final",
                 "classifier_val_acc", "steps", "params", "wall_s", *QUALITY_KEYS}
 
 
@@ -104,7 +105,7 @@ class Evaluator:
 
     def in_training(self, model: GPT, step: int, samples: bool = True) -> dict[str, float]:
         """val_nll (dense points); with `samples`, also the sample metrics at eval.n_samples and their count."""
-        row = {"val_nll": self.val_nll(model)}
+        row = {VAL_NLL: self.val_nll(model)}
         if samples and self.cfg.eval.metrics and self.cfg.eval.metrics_in_training and self.has_pixels:
             n = self.cfg.eval.n_samples
             row.update(self.sample_metrics(*self.samples(model, n, step)), n_samples=n)
@@ -147,7 +148,7 @@ class Evaluator:
         n = self.cfg.eval.n_samples_final
         f = self.cfg.foresight
         block = f.student_block or max(1, round(2 * model.shape.n_layer / 3))
-        out: dict[str, Any] = {"val_nll": self.val_nll(model) if val_nll is None else val_nll}
+        out: dict[str, Any] = {VAL_NLL: self.val_nll(model) if val_nll is None else val_nll}
         if not self.has_pixels:
             out["metrics_note"] = "no pixel decoder for these codes: validation NLL and structure only"
         else:
@@ -169,7 +170,7 @@ class Evaluator:
 def final_curve_row(final: dict[str, Any]) -> dict[str, float]:
     """The curve's last point: the final evaluation's sample metrics and their count (`n_samples`),
     so that the curve ends at what final.json says. val_nll is logged at that step already."""
-    if "fid_domain" not in final and "fid_inception" not in final:
+    if FID not in final and "fid_inception" not in final:
         return {}
     row = {k: float(v) for k, v in final.items() if k not in NOT_ON_CURVE and isinstance(v, int | float)
            and not isinstance(v, bool)}

@@ -40,19 +40,20 @@ import pandas as pd
 
 from mirai_lab.analysis.collect import adaptive_path, collect, done, load_adaptive
 from mirai_lab.analysis.stats import COMPARED, Verdict, by_seed, paired_difference, seeds_to_resolve, verdict
-from mirai_lab.config import MAX_SEEDS, parse_set, read_toml
+from mirai_lab.config import parse_set
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.request import SweepRequest
-from mirai_lab.experiments.spec import load_plan
+from mirai_lab.experiments.spec import experiment_table, load_plan, positive_number
 from mirai_lab.experiments.sweep import to_train
 from mirai_lab.experiments.sweep_precision import sweep_precision
 from mirai_lab.experiments.sweep_verb import run_sweep
 from mirai_lab.files.atomic import write_json
+from mirai_lab.metrics import REGISTRY, VAL_NLL
 
 ALPHA = 0.05
 FIRST_MIN = 3  # a t-interval from 2 seeds has 1 degree of freedom: too wide to resolve anything
 STEP = 2
-DEFAULTS = {"margin": 0.01, "max_seeds": 10, "max_minutes": 60.0}
+DEFAULTS = {"margin": REGISTRY[VAL_NLL].margin, "max_seeds": 10, "max_minutes": 60.0}
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class Design:
     first: int
     step: int
     max_seeds: int
-    metric: str = "val_nll"
-    margin: float = 0.01
+    metric: str = VAL_NLL
+    margin: float = DEFAULTS["margin"]
     alpha: float = ALPHA
 
     @property
@@ -95,24 +96,13 @@ class AdaptiveOptions:
     from_spec: bool
 
 
-def _number(value: Any, what: str, kind: type) -> Any:
-    """A positive finite number (an integer for `kind` int; seeds at most MAX_SEEDS); `what` names
-    it in the error. nan passes every comparison, inf every lower bound: both are refused first."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise UserError(f"{what}: expected a positive {'integer' if kind is int else 'number'}")
-    if kind is int and value > MAX_SEEDS:
-        raise UserError(f"{what}: expected at most {MAX_SEEDS} (seeds of one sweep)")
-    return kind(value)
-
-
 def check_adaptive_values(margin: float | None, max_seeds: int | None, max_minutes: float | None) -> None:
     """The command line's adaptive values, checked whether or not the sweep is adaptive: a value
     that is ignored today must not be a bad one that waits for the day --adaptive is added."""
     for key, value, kind in (("margin", margin, float), ("max_seeds", max_seeds, int),
                              ("max_minutes", max_minutes, float)):
         if value is not None:
-            _number(value, f"--{key.replace('_', '-')}: {key}={value!r}", kind)
+            positive_number(value, f"--{key.replace('_', '-')}: {key}={value!r}", kind)
 
 
 def adaptive_options(spec_path: Path, *, adaptive: bool | None, margin: float | None, max_seeds: int | None,
@@ -123,7 +113,7 @@ def adaptive_options(spec_path: Path, *, adaptive: bool | None, margin: float | 
     An explicit seed count without an explicit --adaptive asks for exactly those seeds: fixed.
     """
     check_adaptive_values(margin, max_seeds, max_minutes)
-    exp = read_toml(spec_path).get("experiment", {})
+    exp = experiment_table(spec_path)
     on = exp.get("adaptive", False) if adaptive is None else adaptive
     if adaptive is None and seeds is not None:
         return None
@@ -139,7 +129,7 @@ def adaptive_options(spec_path: Path, *, adaptive: bool | None, margin: float | 
     start = seeds if seeds is not None else (spec_seeds if isinstance(spec_seeds, int) else len(spec_seeds))
 
     def pick(key: str, kind: type) -> Any:
-        return _number(values[key], f"{where}: {key}={values[key]!r}", kind)
+        return positive_number(values[key], f"{where}: {key}={values[key]!r}", kind)
 
     opts = AdaptiveOptions(margin=pick("margin", float), max_seeds=pick("max_seeds", int),
                            max_minutes=pick("max_minutes", float),
@@ -193,7 +183,7 @@ def needs_more(row: dict[str, Any], max_seeds: int) -> bool:
 
 
 def run_adaptive(request: SweepRequest, root: Path, options: AdaptiveOptions, *, as_json: bool = False,
-                 metric: str = "val_nll") -> dict[str, Any]:
+                 metric: str = VAL_NLL) -> dict[str, Any]:
     """Rounds of `run_sweep` at growing seed counts under one sweep name; returns the summary
     (name, looks made, last verdicts, why it stopped), also kept in <sweep>/adaptive.json.
 

@@ -9,9 +9,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from mirai_lab.metrics import FID, VAL_NLL
 from mirai_lab.results_dir import CURVE, run_dir
 from mirai_lab.runs.curve import Curve
 from mirai_lab.runs.state import RunState, run_state
+
+LIVE = (VAL_NLL, FID)  # the metrics the live table shows
 
 
 class SweepMonitor:
@@ -67,7 +70,7 @@ class SweepMonitor:
 
         counts = {s.value: 0 for s in RunState}
         table = Table(title=f"sweep {self.plan.name} ({self.plan.budget})", expand=False)
-        for col in ("run", "variant", "seed", "state", "step", "val_nll", "fid_domain"):
+        for col in ("run", "variant", "seed", "state", "step", *LIVE):
             table.add_column(col)
         seen: set[str] = set()
         for run in self.plan.runs:
@@ -79,7 +82,7 @@ class SweepMonitor:
             if state in (RunState.RUNNING, RunState.FAILED) or run.run_id == self._current:
                 step, row = self._last_step(run.run_id)
                 table.add_row(run.run_id, run.variant, str(run.seed), state.value, f"{step}/{run.cfg.train.steps}",
-                              *(f"{row[k]:.4g}" if k in row else "-" for k in ("val_nll", "fid_domain")))
+                              *(f"{row[k]:.4g}" if k in row else "-" for k in LIVE))
         table.caption = " | ".join(f"{k} {v}" for k, v in counts.items())
         return table
 

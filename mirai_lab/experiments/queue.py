@@ -52,6 +52,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from mirai_lab.experiments.optuna_adapter import heartbeat_interval, quiet_experimental, record_heartbeat
 from mirai_lab.files.atomic import write_text
+from mirai_lab.runs.state import RunState
 
 RUN_ID_KEY = "run_id"
 
@@ -200,7 +201,7 @@ class RunQueue:
         back, and returns None only once every run is finished, done or failed. Never wait
         while this process holds a claim of the same sweep: it would wait for itself.
         """
-        poll = self._storage.get_heartbeat_interval() if poll_s is None else poll_s
+        poll = heartbeat_interval(self._storage) if poll_s is None else poll_s
         while True:
             with quiet_experimental():
                 fail_stale_trials(self._study)
@@ -208,8 +209,8 @@ class RunQueue:
             held_elsewhere = False
             for run_id in self.run_ids:
                 state = self._state(trials[run_id])
-                held_elsewhere |= state == "running"
-                if state != "pending" or self._is_finished(run_id):
+                held_elsewhere |= state is RunState.RUNNING
+                if state is not RunState.PENDING or self._is_finished(run_id):
                     continue
                 claim = self._take(run_id, trials[run_id])
                 if claim is not None:
@@ -219,16 +220,13 @@ class RunQueue:
                 return None
             time.sleep(poll)
 
-    def states(self) -> dict[str, str]:
-        """Each run's state, for progress: finished, done, failed, running or pending.
-
-        "finished" is the caller's word (``is_finished``) for a run the storage has no
-        verdict on; "done" and "failed" are verdicts recorded through a claim.
-        """
+    def states(self) -> dict[str, RunState]:
+        """Each run's state in the runs' own vocabulary: done (a claim's verdict, or finished on disk
+        as the caller's ``is_finished`` says), failed, running or pending."""
         states = {}
         for run_id, trials in self._trials_by_run().items():
             state = self._state(trials)
-            states[run_id] = "finished" if state == "pending" and self._is_finished(run_id) else state
+            states[run_id] = RunState.DONE if state is RunState.PENDING and self._is_finished(run_id) else state
         return states
 
     def _take(self, run_id: str, trials: list[FrozenTrial]) -> Claim | None:
@@ -265,14 +263,14 @@ class RunQueue:
                 by_run[run_id].append(trial)
         return by_run
 
-    def _state(self, trials: list[FrozenTrial]) -> str:
+    def _state(self, trials: list[FrozenTrial]) -> RunState:
         if any(t.state == TrialState.COMPLETE for t in trials):
-            return "done"
+            return RunState.DONE
         if any(self._is_failure(t) and t.number not in self._forgiven for t in trials):
-            return "failed"
+            return RunState.FAILED
         if any(t.state == TrialState.RUNNING for t in trials):
-            return "running"
-        return "pending"
+            return RunState.RUNNING
+        return RunState.PENDING
 
     def _is_live(self, trial: FrozenTrial) -> bool:
         """Whether the trial holds (or will hold, or did settle) its run, barring later claims."""

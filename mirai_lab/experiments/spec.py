@@ -48,6 +48,9 @@ SPECS_DIR = Path(str(resources.files("mirai_lab.experiments") / "specs"))
 AXES = ("injection", "layout", "source", "layer", "k", "encoder", "visibility", "schedule")
 SPEC_TABLES = {"experiment", "base", "axes", "paper"}
 # adaptive, margin, max_seeds, max_minutes: the adaptive-seed defaults (experiments/adaptive.py)
+# Exploration seeds lie below this; `mirai-lab confirm` draws its fresh blocks from here on, so a
+# confirmation can never reuse a seed a verdict was found on.
+CONFIRMATION_SEEDS = 1 << 30
 PrecisionResolver = Callable[["RunConfig", str], str]  # (reference config, sweep name) -> "fp32" | "bf16"
 EXPERIMENT_KEYS = {"name", "budget", "seeds", "baseline", "description", "adaptive", "margin", "max_seeds",
                    "max_minutes"}
@@ -113,8 +116,39 @@ def _seeds(value: Any, where: str) -> list[int]:
     if isinstance(value, list) and len(value) > MAX_SEEDS:
         raise UserError(f"{where}: seeds lists {len(value)} seeds: expected at most {MAX_SEEDS}")
     if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        if not all(0 <= s < CONFIRMATION_SEEDS for s in value):
+            raise UserError(f"{where}: seeds={value!r}: expected seeds in 0..{CONFIRMATION_SEEDS - 1} (the seeds from "
+                            f"{CONFIRMATION_SEEDS} on are kept for confirmations on fresh seeds)")
         return list(dict.fromkeys(value))
     raise UserError(f"{where}: seeds={value!r}: expected a count or a list of integers")
+
+
+def positive_number(value: Any, what: str, kind: type) -> Any:
+    """A positive finite number (an integer for `kind` int; seeds at most MAX_SEEDS); `what` names
+    it in the error. nan passes every comparison, inf every lower bound: both are refused first."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{what}: expected a positive {'integer' if kind is int else 'number'}")
+    if kind is int and value > MAX_SEEDS:
+        raise UserError(f"{what}: expected at most {MAX_SEEDS} (seeds of one sweep)")
+    return kind(value)
+
+
+def experiment_table(path: Path) -> dict[str, Any]:
+    """A spec file's [experiment] table, its keys checked (the adaptive ones' values are checked
+    where they are chosen, against the command line's: experiments/adaptive.py)."""
+    return _checked_experiment(read_toml(path), str(path))
+
+
+def _checked_experiment(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    exp = spec.get("experiment", {})
+    if not isinstance(exp, dict):
+        raise UserError(f"{where}: [experiment] must be a table")
+    bad = set(exp) - EXPERIMENT_KEYS
+    if bad:
+        raise UserError(f"{where}: unknown key(s) in [experiment]: {', '.join(sorted(bad))}; "
+                        f"expected {', '.join(sorted(EXPERIMENT_KEYS))}")
+    return exp
 
 
 def _variant_overrides(name: str, table: Any, where: str) -> dict[str, Any]:
@@ -151,13 +185,7 @@ def plan_from_spec(spec: dict[str, Any], where: str, *, budget: str | None = Non
     if unknown:
         raise UserError(f"{where}: unknown table(s) {', '.join(sorted(unknown))}; "
                         f"expected {', '.join(sorted(SPEC_TABLES))}")
-    exp = spec.get("experiment", {})
-    if not isinstance(exp, dict):
-        raise UserError(f"{where}: [experiment] must be a table")
-    bad = set(exp) - EXPERIMENT_KEYS
-    if bad:
-        raise UserError(f"{where}: unknown key(s) in [experiment]: {', '.join(sorted(bad))}; "
-                        f"expected {', '.join(sorted(EXPERIMENT_KEYS))}")
+    exp = _checked_experiment(spec, where)
     if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds {seeds}: expected 1 <= value <= {MAX_SEEDS}")
     # the spec's budget is checked even when --budget replaces it, and an empty --budget is no budget

@@ -84,7 +84,7 @@ def train_one(plan: Plan, run_id: str, root: Path, threads: int | None,
     """Train one run of the plan; returns None on success or the error message."""
     run = next(r for r in plan.runs if r.run_id == run_id)
     try:
-        execute(run.cfg, root, progress, threads, run.variant)
+        execute(run.cfg, root, progress, threads, run.variant, sweep=plan.name)
         return None
     except ClaimLost:
         raise  # not this run's failure: another worker holds it now, and this one must not write

@@ -7,12 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from mirai_lab.config import check_seed, check_used, parse_set
 from mirai_lab.distributed import world_size
 from mirai_lab.errors import UserError
+from mirai_lab.experiments.dry_run import all_looks, dry_run
 from mirai_lab.experiments.monitor import SweepMonitor
 from mirai_lab.experiments.request import SweepRequest
 from mirai_lab.experiments.spec import Plan, load_plan
@@ -20,7 +18,6 @@ from mirai_lab.experiments.storage import check_storage_reachable, check_storage
 from mirai_lab.experiments.sweep import (
     manifest_path,
     run_sequential,
-    states,
     summary,
     to_train,
     worker_loop,
@@ -34,8 +31,12 @@ from mirai_lab.results_dir import run_dir, stale_dir
 from mirai_lab.runs.provenance import is_stale
 
 
-def run_sweep(request: SweepRequest, root: Path, *, as_json: bool = False) -> dict[str, Any]:
-    """Plan the sweep, then print it (dry run) or train what is missing; returns the summary."""
+def run_sweep(request: SweepRequest, root: Path, *, as_json: bool = False,
+              adaptive: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Plan the sweep, then print it (dry run) or train what is missing; returns the summary.
+
+    `adaptive` (dry runs only: the planned looks, Design.to_json() plus max_minutes) says that the
+    request is an adaptive sweep's first look (experiments/dry_run.first_look)."""
     if world_size() > 1:
         raise UserError("sweep runs one process per run: start one sweep worker per GPU (CUDA_VISIBLE_DEVICES), "
                         "not under torchrun")
@@ -50,26 +51,40 @@ def run_sweep(request: SweepRequest, root: Path, *, as_json: bool = False) -> di
     plan = load_plan(r.spec, budget=r.budget, seeds=r.seeds, overrides=overrides, name=r.name,
                      resolve_auto=sweep_precision(root, quiet=as_json), variant_seeds=r.variant_seeds)
     check_used(overrides, [run.cfg for run in plan.runs], "any run of this sweep")
-    damaged = check_name_free(plan, root)
+    # an adaptive sweep's manifest grows over its rounds: the name is free when every run it lists is in a look
+    every = None if adaptive is None else all_looks(r, plan, root, adaptive["max_seeds"])
+    damaged = check_name_free(every or plan, root)
     check_storage_reachable(r.storage)  # the last check (it may wait for a database), before the first write
     if not as_json:
         for warning in plan.warnings:
             say(warning)
-    st = states(plan, root)
     if r.dry_run:
-        rows = [{"run_id": r.run_id, "variant": r.variant, "seed": r.seed, "status": st[r.run_id]}
-                for r in plan.runs]
-        if not as_json:
-            table = Table(title=f"sweep {plan.name}: {len(plan.unique_runs)} runs ({plan.budget}); dry run")
-            for col in ("run_id", "variant", "seed", "status"):
-                table.add_column(col)
-            for row in rows:
-                table.add_row(*(str(row[c]) for c in ("run_id", "variant", "seed", "status")))
-            Console().print(table)
-        return {"name": plan.name, "runs": rows}
+        return dry_run(plan, r, root, as_json=as_json, adaptive=adaptive, every=every)
     if damaged is not None:  # recovered, not refused: the manifest is rewritten from the plan
         warn(f"{damaged}; writing it again from this sweep's plan")
         manifest_path(root, plan.name).unlink()
+    return execute_plan(plan, r, root, as_json=as_json)
+
+
+def read_manifest(root: Path, sweep: str) -> dict[str, Any]:
+    """A sweep's manifest (one error line when there is none or it cannot be read)."""
+    path = manifest_path(root, sweep)
+    try:
+        manifest = read_json(path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list):
+            raise ValueError("no list of runs")
+    except FileNotFoundError:
+        raise UserError(f"no sweep {sweep!r} under {root} (no {path})") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a sweep manifest ({exc})") from None
+    return manifest
+
+
+def execute_plan(plan: Plan, r: SweepRequest, root: Path, *, as_json: bool = False) -> dict[str, Any]:
+    """Write the plan's manifest and train what is missing of it, here or by workers (`r.workers`,
+    `r.storage`); a dry run prints the plan instead. Returns the summary."""
+    if r.dry_run:
+        return dry_run(plan, r, root, as_json=as_json)
     if r.rerun_stale:
         set_aside_stale(plan, root, quiet=as_json)
     mpath = write_manifest(plan, root, r.command)

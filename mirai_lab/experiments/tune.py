@@ -23,6 +23,7 @@ from mirai_lab.experiments.storage import check_storage_reachable, check_storage
 from mirai_lab.files.atomic import write_text
 from mirai_lab.foresight.fit import configure
 from mirai_lab.messages import show_progress
+from mirai_lab.metrics import FID, STOPPING
 from mirai_lab.results_dir import run_dir, safe_name, studies_dir
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.lock import claim_run
@@ -35,7 +36,7 @@ SOURCES = {
     "bidirectional": {"foresight.source": "bidirectional", "foresight.encoder": "mtm", "foresight.k": 1},
     "mtp": {"foresight.injection": "mtp", "foresight.k": 3},
 }
-OBJECTIVES = ("fid_domain", "val_nll")
+OBJECTIVES = STOPPING
 PRUNERS = ("median", "hyperband", "none")
 SCHEDULES = ("constant", "step", "cosine")  # the alignment schedules --search-schedule tries
 
@@ -45,7 +46,7 @@ class TuneOptions:
     source: str
     trials: int
     budget: str
-    objective: str = "fid_domain"
+    objective: str = FID
     pruner: str = "median"
     per_head: bool = False
     search_warmup: bool = False
@@ -117,7 +118,7 @@ def open_study(opts: TuneOptions, root: Path) -> optuna.Study:
 def objective_fn(opts: TuneOptions, root: Path, progress: ProgressFn | None = None) -> Any:
     """The study's objective; `progress(step, total, row)` sees every evaluation of the running trial."""
     probe = configure(None, dict(SOURCES[opts.source], **(opts.base or {})), opts.budget)
-    if opts.objective == "fid_domain" and not probe.eval.metrics:
+    if opts.objective == FID and not probe.eval.metrics:
         raise UserError("--objective fid_domain needs eval.metrics=true (or use --objective val_nll)")
 
     def objective(trial: optuna.Trial) -> float:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,11 @@ def _image_samples(images: str | Path) -> list[tuple[str, int]]:
         raise UserError(f"images folder {str(images)!r}: {exc}") from None
 
 
+def loader_workers(requested: int) -> int:
+    """DataLoader worker processes: at most one per core (more only compete for them, and torch warns)."""
+    return min(requested, os.cpu_count() or 1)
+
+
 def prepare_dinov2(weights: str, images: str, codes: str, out: str, grid: int | None = None, *,
                    hub: str | None = None, model: str = "dinov2_vitb14", image_size: int | None = None,
                    crop_range: float = 1.1, shard_size: int = 4096, batch_size: int = 32, workers: int = 8,
@@ -235,7 +241,7 @@ def prepare_dinov2(weights: str, images: str, codes: str, out: str, grid: int | 
     for k in todo:
         start, stop = shards[k]
         dataset = _CropSet(samples, labels_dir, range(start, stop), size, n_aug, crop_range, side * patch, resize)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=loader_workers(workers))
         with atomic_path(out_dir / names[k]) as tmp:  # written in place on disk: a shard can exceed the RAM
             table = None
             for batch in loader:

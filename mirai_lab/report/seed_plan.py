@@ -20,10 +20,11 @@ import pandas as pd
 from mirai_lab.analysis.collect import collect, done, load_adaptive
 from mirai_lab.analysis.stats import COMPARED, LEVEL, by_seed, paired_difference
 from mirai_lab.errors import UserError
+from mirai_lab.metrics import VAL_NLL
 from mirai_lab.report.tables import NA, level_text, to_markdown
 
 
-def plan_seeds(results: Path, sweep: str, halfwidth: float, metric: str = "val_nll",
+def plan_seeds(results: Path, sweep: str, halfwidth: float, metric: str = VAL_NLL,
                workers: int = 1) -> dict[str, Any]:
     """{sweep, metric, level, halfwidth, median_wall_s, workers, rows: [...], total_runs, total_minutes}."""
     if metric not in COMPARED:

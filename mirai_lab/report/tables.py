@@ -29,12 +29,10 @@ from mirai_lab.analysis.stats import (
     speedup,
     verdict,
 )
+from mirai_lab.metrics import FID, SHOWN
 from mirai_lab.runs.state import RunState
 
-# Final metrics shown per variant, in column order.
-# encoder_*: the Mirai-I source's own quality (foresight/encoder_quality.py), n/a on the other rows.
-METRICS = ("fid_domain", "is_domain", "kid_domain", "precision_domain", "recall_domain", "class_acc", "val_nll",
-           "structure_score", "encoder_probe_acc", "encoder_mask_acc", "encoder_mask_mse")
+METRICS = SHOWN  # final metrics shown per variant, in column order (mirai_lab/metrics.py)
 NA = "n/a"
 
 
@@ -218,7 +216,7 @@ def display_table(table: pd.DataFrame, margins: Mapping[str, float]) -> pd.DataF
     for metric in METRICS:
         out[metric] = [format_stat(r[f"{metric}_mean"], r[f"{metric}_std"], r[f"{metric}_n"], r["n_done"])
                        for _, r in rows]
-        if metric == "fid_domain" and with_paper:
+        if metric == FID and with_paper:
             out["paper"] = [num(v) for v in table["paper"]]
         if metric in COMPARED:
             out[f"Δ {metric} [{level} CI]"] = [_delta_cell(r, metric) for _, r in rows]

@@ -15,10 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from mirai_lab.analysis.collect import done, frames, load_adaptive, load_manifests
+from mirai_lab.analysis.collect import done, frames, load_adaptive, load_manifests, read_optional
 from mirai_lab.analysis.stats import ADJUSTMENTS, COMPARED, LEVEL, MARGINS, seeds_needed
 from mirai_lab.errors import UserError
 from mirai_lab.files.atomic import read_json, write_text
+from mirai_lab.metrics import VAL_NLL
 from mirai_lab.report.figures import montage, plot_curves, plot_differences, plot_finals
 from mirai_lab.report.orderings import check_orderings
 from mirai_lab.report.tables import (
@@ -35,7 +36,7 @@ from mirai_lab.report.tables import (
     to_latex,
     to_markdown,
 )
-from mirai_lab.results_dir import CONFIG, SAMPLES, STRUCTURE, run_dir
+from mirai_lab.results_dir import CONFIG, CONFIRM, SAMPLES, STRUCTURE, run_dir, sweep_dir
 from mirai_lab.runs.state import RunState
 
 FLOORS = {"real_vs_real": "real vs real (two real sets of this size)",
@@ -253,7 +254,7 @@ def tidy_finals(runs: pd.DataFrame) -> pd.DataFrame:
 def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str, Any]], runs: pd.DataFrame,
                   table: pd.DataFrame, figures: list[str], level: float, margins: dict[str, float],
                   level_line: str, adaptive: dict[str, dict[str, Any] | None], orderings: list[str],
-                  plumbing: str | None = None) -> str:
+                  plumbing: str | None = None, confirmation: list[str] | None = None) -> str:
     readings = [_reading(r, margins) for _, r in table.iterrows() if not r["is_baseline"]]
     has_baseline = table["is_baseline"].sum() > 0
     if not has_baseline:
@@ -269,6 +270,7 @@ def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str
         ["## The paper's orderings, here", "", *orderings],
         ["## Figures", "", *_figure_lines(figures)],
         ["## Reading", "", *readings],
+        *([["## Confirmation on fresh seeds", "", *confirmation]] if confirmation else []),
         ["## Failed and unfinished runs", "", *_failed_lines(runs)],
     ]
     return "\n\n".join("\n".join(s) for s in sections) + "\n"
@@ -293,7 +295,7 @@ def plumbing_reason(results: Path, manifests: dict[str, dict[str, Any]], runs: p
         if manifest.get("budget") in PLUMBING_BUDGETS:
             return f"sweep {name} ran at the {manifest['budget']} budget, which checks the plumbing, not the science"
         base = done(runs[(runs["sweep"] == name) & runs["is_baseline"]])
-        if not len(base) or "val_nll" not in base or base["val_nll"].isna().all():
+        if not len(base) or VAL_NLL not in base or base[VAL_NLL].isna().all():
             continue
         try:
             vocab = int(read_json(run_dir(results, base["run_id"].iloc[0]) / CONFIG)["tokenizer"]
@@ -301,11 +303,38 @@ def plumbing_reason(results: Path, manifests: dict[str, dict[str, Any]], runs: p
         except (OSError, ValueError, KeyError, TypeError):
             continue
         uniform = math.log(vocab)
-        mean = float(base["val_nll"].mean())
+        mean = float(base[VAL_NLL].mean())
         if mean > LEARNED_BELOW * uniform:
             return (f"sweep {name}'s baseline ends at val_nll {mean:.3f}, above {LEARNED_BELOW:g} x the uniform "
                     f"guess ({uniform:.3f} nats for {vocab} codes): it has not learned enough to compare variants")
     return None
+
+
+def _confirmation(results: Path, sweeps: list[str]) -> list[str]:
+    """The confirmation lines of the sweeps that have one (experiments/confirm.py writes confirm.json)."""
+    lines: list[str] = []
+    for name in sweeps:
+        record = read_optional(sweep_dir(results, name) / CONFIRM)
+        if record.get("seeds"):
+            lines += [f"`{name}`:", *confirmation_lines(record)]
+    return lines
+
+
+def confirmation_lines(record: dict[str, Any]) -> list[str]:
+    """The report's reading of a confirmation: one line per row and metric."""
+    lines = [f"Fresh seeds {record['seeds'][0]}..{record['seeds'][-1]} ({len(record['seeds'])} paired seeds), "
+             f"a separate look at {100 * record['level']:.4g}% intervals, never pooled with the first."]
+    for variant, metrics in record.get("rows", {}).items():
+        for metric, row in metrics.items():
+            first, fresh = row["first"], row["fresh"]
+            text = (f"{fresh['mean']:+.3g} [{fresh['lo']:+.3g}, {fresh['hi']:+.3g}] {fresh['verdict']}"
+                    if fresh else "no fresh result")
+            lines.append(f"- **{variant}** {metric}: first {first['mean']:+.3g} [{first['lo']:+.3g}, "
+                         f"{first['hi']:+.3g}] {first['verdict']} (n={first['n']}); fresh {text}: "
+                         f"**{row['outcome']}**")
+    if record.get("note"):
+        lines.append(record["note"])
+    return lines
 
 
 def check_one_precision(results: Path, runs: pd.DataFrame) -> None:
@@ -371,6 +400,6 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
     write_text(out_dir / "COMMAND", command + "\n")
     report = out_dir / "report.md"
     write_text(report, render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line,
-                                     adaptive, orderings, plumbing))
+                                     adaptive, orderings, plumbing, _confirmation(results, sweeps)))
     return report
 

@@ -20,16 +20,20 @@ from mirai_lab.model.gpt import GPT
 from mirai_lab.results_dir import CHECKPOINT, CONFIG, FINAL, cache_dir, run_dir
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.lock import claim_run
-from mirai_lab.runs.tracking import tracked
+from mirai_lab.runs.tracking import log_done, tracked
 from mirai_lab.training.build import model_shape
 from mirai_lab.training.precision import resolved
+from mirai_lab.training.progress import progress_display
 from mirai_lab.training.trainer import Trainer
 
 
 def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, float]], None] | None = None,
-            threads: int | None = None, variant: str | None = None) -> tuple[dict[str, Any], Path, bool]:
+            threads: int | None = None, variant: str | None = None, sweep: str | None = None,
+            bar: bool = False) -> tuple[dict[str, Any], Path, bool]:
     """Train the run unless it is already done; returns (final, run dir, skipped). The selected
-    tracker (runs/tracking.py) sees every curve row and the final metrics, tagged with `variant`.
+    tracker (runs/tracking.py) sees every step, curve row and the final metrics, named after
+    `sweep` and `variant`; the progress display (training/progress.py) is a live bar when `bar`
+    and stderr is a terminal, periodic lines when stderr is not one, nothing otherwise.
     A config whose precision is still "auto" (one train command) is resolved here, before its id."""
 
     cfg = resolved(cfg, root)
@@ -37,10 +41,10 @@ def execute(cfg: RunConfig, root: Path, progress: Callable[[int, int, dict[str, 
     path = run_dir(root, run_id)
     with claim_run(path) as final:  # one trainer per run on this machine (runs/lock.py)
         if final is not None:
+            log_done(cfg, path, run_id, variant, sweep)
             return final, path, True
-        with tracked(cfg, path, run_id, progress, variant) as (on_eval, log_final):
-            final = Trainer(cfg, root, on_eval, threads).run()
-            log_final(final)
+        with tracked(cfg, path, run_id, variant, sweep) as tracker, progress_display(run_id, bar) as display:
+            final = Trainer(cfg, root, progress, threads, [*display, *tracker]).run()
     return final, path, False
 
 

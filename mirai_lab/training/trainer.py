@@ -9,7 +9,10 @@ state of the caches; and the variants of one seed share all of these streams.
 
 The step never waits for the device: the logged losses are summed on the device and a
 divergence is recorded there (the first step with a non-finite loss); both are read once per
-curve point, where a diverged run is marked failed with that step.
+curve point, where a diverged run is marked failed with that step. The hooks (a progress
+display, a tracker: runs/tracking.TrainingHook) keep that rule: each step's values stay on the
+device, read in one transfer per curve point for a tracker, and a display reads the loss when
+it prints (at most once per its interval), never every step.
 
 Points of the curve (runs/curve.py): every `train.val_every` steps the training losses and
 val_nll; every `train.eval_every` steps also the sample metrics and a checkpoint; at the last
@@ -25,7 +28,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ from mirai_lab.runs.curve import Curve
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.provenance import write_provenance
 from mirai_lab.runs.state import RunState, set_status
+from mirai_lab.runs.tracking import StepView, TrainingHook
 from mirai_lab.training.batches import batch_indices, crop_indices
 from mirai_lab.training.build import build_foresight, model_shape
 from mirai_lab.training.ema import update_ema
@@ -73,13 +77,14 @@ class Trainer:
     the end and evaluates (rank 0); `setup()` and `train_step()` are the pieces it is made of."""
 
     def __init__(self, cfg: RunConfig, root: Path, progress: ProgressFn | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, hooks: Sequence[TrainingHook] = ()) -> None:
         self.cfg = cfg
         self.threads = threads or cfg.train.threads or os.cpu_count() or 1
         self.root = root
         self.run_id = run_id_of(cfg, world_size())  # refuses an unresolved "auto" precision
         self.dir = run_dir(root, self.run_id)
         self.progress = progress
+        self.hooks = list(hooks)
 
     def setup(self) -> None:
         """Build data, model, EMA, foresight heads and optimizer; writes no run file."""
@@ -124,6 +129,13 @@ class Trainer:
         self.log_counts: dict[str, int] = {}
         self.first_bad_step = torch.full((), NO_DIVERGENCE, dtype=torch.long, device=self.device)
         self.last_val_nll: tuple[int, float] | None = None  # (step, value) of the latest curve point
+        if not self.dist.is_main:  # rank 0 alone displays and tracks
+            self.hooks = []
+        self.record_steps = any(h.wants_steps for h in self.hooks)
+        self.step_values: dict[str, torch.Tensor] = {}  # this step's values, on the device (hooks only)
+        self.step_logs: list[tuple[int, float, float, dict[str, torch.Tensor]]] = []  # (step, lr, seconds, values)
+        self.step_started = 0.0
+        self.tokens_per_step = 0
 
     def checkpoint_state(self) -> dict[str, Any]:
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
@@ -166,6 +178,8 @@ class Trainer:
     def train_step(self, step: int) -> None:
         """One optimizer step on the batch of `step`; nothing in it waits for the device."""
         cfg, t = self.cfg, self.cfg.train
+        self.step_started = time.perf_counter()
+        self.step_values = {}
         idx = batch_indices(self.data.train_idx, t.batch_size, t.seed, step)
         crop = crop_indices(len(idx), self.data.n_crops, t.seed, step)
         if self.dist.active:
@@ -191,11 +205,15 @@ class Trainer:
                 if self.loss_hook is not None:
                     loss = self.loss_hook(loss, step)
                 self.track(step, loss, {"train_ntp": ntp, **logs}, n_micro)
+                self.tokens_per_step = t.batch_size * x.shape[1]
                 (loss / n_micro).backward()
         for name in ("train_ntp", *logs):
             self.log_counts[name] = self.log_counts.get(name, 0) + 1
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip) if t.grad_clip > 0 else None
+        if self.record_steps:  # the norm clipping computed anyway, else one more reduction: for a tracker only
+            grads = [p.grad for p in self.params if p.grad is not None]
+            self.step_values["grad_norm"] = (norm if norm is not None else torch.nn.utils.get_total_norm(grads)
+                                             ).detach().float()
         self.opt.step()
         update_ema(self.ema, self.model, t.ema_decay, step)
 
@@ -206,6 +224,10 @@ class Trainer:
         for name, value in logs.items():
             part = value.detach().double() / n_micro  # float64: a long interval sums many steps
             self.log_sums[name] = self.log_sums[name] + part if name in self.log_sums else part
+        if self.hooks:  # the step's own values, kept apart from the sums above (which stay as they were)
+            for name, value in {"loss": loss, **logs}.items():
+                part = value.detach().float() / n_micro
+                self.step_values[name] = self.step_values[name] + part if name in self.step_values else part
 
     def read_logs(self) -> dict[str, float]:
         """The mean logged values since the last point, over ranks (the global batch): the one host
@@ -219,6 +241,37 @@ class Trainer:
         self.log_sums.clear()
         self.log_counts.clear()
         return values
+
+    def after_step(self) -> None:
+        """Tell the hooks that step `self.step` ended; what a tracker wants of it stays on the device."""
+        if not self.hooks:
+            return
+        lr = float(self.opt.param_groups[0]["lr"])  # a host float, set by train_step
+        values = self.step_values
+        if self.record_steps:
+            self.step_logs.append((self.step, lr, time.perf_counter() - self.step_started, values))
+        view = StepView(self.step, self.cfg.train.steps, lr, lambda: float(values["loss"]))
+        for hook in self.hooks:
+            hook.on_step(view)
+
+    def read_step_logs(self) -> list[dict[str, float]]:
+        """The per-step values since the last call, one dict per step, in one read from the device.
+        steps_per_s and tokens_per_s time each step alone on the host clock (evaluations left out;
+        on a GPU the clock sees the launches, which the device's queue keeps in step over a run)."""
+        logs, self.step_logs = self.step_logs, []
+        if not logs:
+            return []
+        read = iter(torch.stack([v for *_, values in logs for v in values.values()]).tolist())
+        out = []
+        for step, lr, seconds, values in logs:
+            row = {"step": float(step), **{name: next(read) for name in values}, "lr": lr}
+            if self.foresight is not None:
+                row["lambda_scale"] = self.foresight.heads.scale(step - 1)
+            if seconds > 0:
+                row["steps_per_s"] = 1.0 / seconds
+                row["tokens_per_s"] = self.tokens_per_step / seconds
+            out.append(row)
+        return out
 
     def make_evaluator(self) -> Evaluator:
         return Evaluator(self.cfg, self.data, cache_dir(self.root))
@@ -240,10 +293,13 @@ class Trainer:
         resumed = self.try_resume()
         evaluator = (evaluator or self.make_evaluator()) if main else None
         self.t0 = time.perf_counter()
+        for hook in self.hooks:
+            hook.on_start(self.step, t.steps)
         try:
             while self.step < t.steps:
                 self.train_step(self.step)
                 self.step += 1
+                self.after_step()
                 if self.step % t.val_every == 0 or self.step % t.eval_every == 0 or self.step == t.steps:
                     self.log_point(evaluator)
         except Diverged as exc:
@@ -260,10 +316,13 @@ class Trainer:
         final = evaluator.final(self.ema, self.dir, self.step, val_nll=known)
         final.update({"run_id": self.run_id, "steps": self.step, "wall_s": round(self.wall(), 2),
                       "resumed": resumed, "params": self.model.n_params()})
-        self.curve.add(self.step, self.step * t.batch_size, self.wall(), final_curve_row(final))
+        last_row = final_curve_row(final)
+        self.curve.add(self.step, self.step * t.batch_size, self.wall(), last_row)
         self.curve.save(self.dir / CURVE)
         write_json(self.dir / FINAL, final)
         set_status(self.dir, RunState.DONE)
+        for hook in self.hooks:
+            hook.on_final(self.step, final, last_row)
         return final
 
     def log_point(self, evaluator: Evaluator | None) -> None:
@@ -287,3 +346,6 @@ class Trainer:
             save_checkpoint(self.dir, self.checkpoint_state())
         if self.progress is not None:
             self.progress(self.step, t.steps, row)
+        steps = self.read_step_logs()
+        for hook in self.hooks:
+            hook.on_point(self.step, row, steps)

@@ -9,28 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cli_helpers import Ran, run_main
+from cli_helpers import Ran, run_main, tiny_spec
 
-SPEC = """
-[experiment]
-name = "faults"
-budget = "smoke"
-seeds = 1
-baseline = "baseline"
-
-[base]
-data = { dataset = "synthetic" }
-tokenizer = { codebook_size = 32, iters = 5 }
-model = { preset = "tiny" }
-train = { steps = 24, batch_size = 16, eval_every = 6 }
-eval = { metrics = false, n_samples = 20, n_samples_final = 20 }
-foresight = { k = 3, coef = 1.0 }
-
-[axes.source]
-baseline = { baseline = true }
-ema = { foresight = { source = "ema" } }
-mtp = { foresight = { injection = "mtp" } }
-"""
+SPEC = tiny_spec("faults", seeds=1, train="steps = 24, batch_size = 16, eval_every = 6",
+                 variants='ema = { foresight = { source = "ema" } }\nmtp = { foresight = { injection = "mtp" } }')
 
 
 def write_spec(folder: Path, text: str = SPEC) -> Path:
