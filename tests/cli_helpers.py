@@ -5,7 +5,7 @@ each). `main()` with a patched sys.argv runs the same parsing, validation, error
 exit codes, so the tests call it in-process. What a call may change in this process is put
 back afterwards: sys.argv, the working directory, the environment (`--tracker` reaches the
 sweep workers through it) and torch's thread count (a run sets it from train.threads).
-`test_the_entry_point_refuses_bad_input_with_exit_2` (tests/test_train.py) still starts the
+`test_the_entry_point_refuses_bad_input_with_exit_2` (tests/e2e/test_train.py) still starts the
 real entry point in a subprocess.
 """
 

@@ -47,7 +47,7 @@ def small_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     its sample count), built once per session: the classifier alone costs about as much as
     five smoke runs. Building them inside a sweep, by
     workers that start together, stays covered by test_two_worker_processes_through_the_journal
-    (tests/test_sweep.py), which starts cold."""
+    (tests/e2e/test_sweep.py), which starts cold."""
     cache = tmp_path_factory.mktemp("small") / "cache"
     cfg = build_config(None, SMALL, "smoke")
     Evaluator(cfg, prepare_tokens(cfg.data, cfg.tokenizer, cache), cache).floors(cfg.eval.n_samples_final)

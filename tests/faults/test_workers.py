@@ -75,17 +75,26 @@ def test_frozen_worker_loses_its_claim_and_writes_nothing_when_it_wakes(tmp_path
 
 
 def _children(pid: int) -> list[int]:
+    """The sweep's worker processes (multiprocessing's spawned children; its resource tracker is not one)."""
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+    workers = []
+    for kid in kids:
+        try:
+            if b"spawn_main" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                workers.append(kid)
+        except OSError:
+            continue
+    return workers
 
 
 def test_sweep_exits_0_when_every_run_finished_after_a_worker_died(tmp_path):
     spec = write_spec(tmp_path)
     results = tmp_path / "r"
-    parent = subprocess.Popen(sweep_cmd(spec, results, "--workers", "2"), env=WORKER_ENV, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(sweep_cmd(spec, results, "--workers", "2", *WORKER_OPTS), env=WORKER_ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: len(_children(parent.pid)) == 2, 60, "two workers")
         victim = _children(parent.pid)[0]

@@ -29,7 +29,7 @@ from mirai_lab.experiments.storage import check_storage_url, open_storage
 
 pytest_plugins = ["pg"]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEARTBEAT_S = 1
 
 # A worker: open the queue, wait for the start signal, then claim, "train" (log pid and run

@@ -13,7 +13,7 @@ from cli_helpers import refused, run_main, tiny_spec
 import mirai_lab
 from mirai_lab.foresight import dinov2
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = tiny_spec("opts", seeds=2, samples=8, train="steps = 2, batch_size = 8, eval_every = 2, val_every = 2, "
                  "threads = 1")
 

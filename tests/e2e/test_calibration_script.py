@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration.py"
 
 
 @pytest.mark.parametrize("args, message", [

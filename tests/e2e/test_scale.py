@@ -71,15 +71,15 @@ def curve_values(path: Path, metric: str) -> list[float]:
 def test_torchrun_two_ranks_with_grad_accum_equal_one_process(tmp_path, tiny_overrides):
     """2 gloo ranks x 2 micro-batches of 4 == one process with the global batch of 16 (dropout off, fp32),
     under another run id: with dropout on, the ranks' own streams make it another computation."""
-    overrides = {**tiny_overrides, **NO_DROPOUT, "train.steps": 4, "train.eval_every": 2,
+    # the train command refuses fields the run does not read (the Mirai-I encoder's steps on an ema run)
+    tiny = {k: v for k, v in tiny_overrides.items() if k != "foresight.encoder_steps"}
+    overrides = {**tiny, **NO_DROPOUT, "train.steps": 4, "train.eval_every": 2,
                  "foresight.source": "ema", "foresight.k": 3, "foresight.student_block": 2}
     single = Trainer(build_config(None, overrides), tmp_path / "single")
     single.run()
     (tmp_path / "ddp").mkdir()
     (tmp_path / "ddp" / "cache").symlink_to(tmp_path / "single" / "cache")  # same token cache, no refit
-    # the train command refuses fields the run does not read (the Mirai-I encoder's steps on an ema run)
-    used = {k: v for k, v in overrides.items() if k != "foresight.encoder_steps"}
-    sets = [a for k, v in {**used, "train.grad_accum": 2}.items() for a in ("--set", f"{k}={v}")]
+    sets = [a for k, v in {**overrides, "train.grad_accum": 2}.items() for a in ("--set", f"{k}={v}")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "mirai_lab", "train", *sets, "--results-dir", str(tmp_path / "ddp"), "--json"],
