@@ -20,7 +20,7 @@ from mirai_lab.analysis.stats import ADJUSTMENTS, COMPARED, LEVEL, MARGINS, seed
 from mirai_lab.errors import UserError
 from mirai_lab.files.atomic import read_json, write_text
 from mirai_lab.metrics import VAL_NLL
-from mirai_lab.report.figures import montage, plot_curves, plot_differences, plot_finals
+from mirai_lab.report.figures import montage, plot_curves, plot_differences, plot_finals, plot_forest
 from mirai_lab.report.orderings import check_orderings
 from mirai_lab.report.tables import (
     METRICS,
@@ -220,11 +220,14 @@ def _failed_lines(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-FIGURE_CAPTIONS = {"curves": "Convergence of fid_domain and val_nll per variant (markers: evaluations; band: "
+FIGURE_CAPTIONS = {"forest": "Paired differences to the baseline per variant: dots = seeds, diamond = mean, bar = the "
+                             "table's interval, colour = its verdict, grey band = ± equivalence margin",
+                   "curves": "Convergence of fid_domain and val_nll per variant (markers: evaluations; band: "
                              "interval over seeds; grey lines: floors)",
-                   "differences": "Variant minus baseline over steps, paired by seed (mean and interval band; "
-                                  "below 0 = better)",
-                   "finals": "Final values: mean with interval, dots = seeds, dashed line = baseline mean",
+                   "differences": "Variant minus baseline over steps, paired by seed (thin: seeds; thick: mean and "
+                                  "interval band; below 0 = better; colour = verdict)",
+                   "finals": "Final values: dots = seeds, tick = mean, bar = baseline mean + the table's paired "
+                             "interval, dashed line = baseline mean",
                    "samples": "Samples of each variant (a row per class; the run's own grid)",
                    "structure": "2D-structure maps (first finished seed of each variant)"}
 
@@ -392,9 +395,10 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
     order = list(runs["label"].unique())
     base_labels = runs.loc[runs["is_baseline"], "label"]
     base_label = base_labels.iloc[0] if len(base_labels) and len(manifests) == 1 else None
-    figures = [*plot_curves(curves, runs, order, out_dir, level),
-               *plot_differences(curves, order, base_label, out_dir, level),
-               *plot_finals(runs, order, base_label, out_dir, level),
+    figures = [*plot_forest(table, runs, margins, out_dir, level),
+               *plot_curves(curves, runs, order, out_dir, level),
+               *plot_differences(curves, table, order, base_label, out_dir, level, margins),
+               *plot_finals(runs, table, order, base_label, out_dir, level),
                *montage(runs, order, results, SAMPLES, out_dir),
                *montage(runs, order, results, STRUCTURE, out_dir)]
     write_text(out_dir / "COMMAND", command + "\n")

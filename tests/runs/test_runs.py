@@ -55,7 +55,7 @@ def test_a_pruned_run_is_skipped_by_sequential_and_worker_sweeps_alike(tmp_path,
     pruned, pending = (r.run_id for r in plan.runs)
     set_status(run_dir(tmp_path, pruned), RunState.PRUNED)
     trained: list[str] = []
-    monkeypatch.setattr(sweep, "execute", lambda cfg, *args: trained.append(run_id_of(cfg)))
+    monkeypatch.setattr(sweep, "execute", lambda cfg, *args, **kwargs: trained.append(run_id_of(cfg)))
     if mode == "sequential":
         sweep.run_sequential(plan, tmp_path, retry_failed=False, monitor=QuietMonitor())
     else:
