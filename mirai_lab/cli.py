@@ -40,7 +40,7 @@ from mirai_lab.experiments.spec import SPECS_DIR, axis_spec_path, parse_variant_
 from mirai_lab.foresight.fit import configure
 from mirai_lab.messages import console, one_line, say
 from mirai_lab.presets import MODEL_PRESETS
-from mirai_lab.results_dir import cache_dir, results_root, safe_name
+from mirai_lab.results_dir import bench_dir, cache_dir, reports_dir, results_root, safe_name
 from mirai_lab.runs import tracking
 
 NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits on one path component and on a whole path, in bytes
@@ -419,7 +419,7 @@ def report(
         raise UserError(f"{len(sweeps)} sweeps name a report folder of {len('+'.join(sweeps))} characters: expected "
                         f"at most {MAX_NAME}; give --out FOLDER")
     root = _root(results_dir)
-    target = _path_option(out, "--out") if out is not None else root / "reports" / "+".join(sweeps)
+    target = _path_option(out, "--out") if out is not None else reports_dir(root) / "+".join(sweeps)
     path = write_report(root, sweeps, target, command=_typed_command(), adjust=adjust)
     write_report_environment(root, sweeps, target)
     _emit({"report": str(path), "folder": str(target), "sweeps": sweeps, "adjust": adjust}, as_json,
@@ -530,7 +530,7 @@ def bench(
             raise UserError(f"--presets {name!r}: expected names from {', '.join(MODEL_PRESETS)}")
     root = _root(results_dir)
     chosen = tuple(x.strip() for x in sections.split(",") if x.strip())
-    opts = BenchOptions(out=out or root / "bench", root=root, presets=names, repeats=repeats, quick=quick,
+    opts = BenchOptions(out=out or bench_dir(root), root=root, presets=names, repeats=repeats, quick=quick,
                         device=device, batch=batch, sections=chosen, overrides=parse_set(set_ or []),
                         llamagen=llamagen, command=_typed_command())
     path = run_bench(opts, console)

@@ -6,6 +6,7 @@
     <results>/cache/<kind>-<hash>.<ext>     tokenizer, token codes, classifiers, encoders, features
     <results>/studies/<study>.{db,journal}  tune studies
     <results>/stale/<run_id>-<time>/        runs of an older code version set aside (--rerun-stale)
+    <results>/{locks,reports,tuned,bench}/  run locks, reports, tuned specs, benchmarks
 
 Every folder and file name under the results directory is spelled here, and every name that
 becomes a path component goes through `safe_name`, so no run id, sweep or study name can climb
@@ -29,6 +30,26 @@ CONFIG, STATUS, CURVE, FINAL = "config.json", "status.json", "curve.csv", "final
 CHECKPOINT, PROVENANCE, SAMPLES, STRUCTURE = "checkpoint.pt", "provenance.json", "samples.png", "structure.png"
 # the files of a sweep folder
 MANIFEST, ADAPTIVE, JOURNAL, CONFIRM = "manifest.json", "adaptive.json", "journal.log", "confirm.json"
+CLAIM = "claim.txt"  # in a run folder: the token of the worker that holds the run (a fence for its writes)
+TENSORBOARD = "tensorboard"  # in a run folder: the TensorBoard event files
+LOCKS = "locks"  # <results>/locks/<run_id>.lock: one trainer per run (runs/lock.py)
+
+
+def worker_log(folder: Path, index: int) -> Path:
+    """A sweep worker's stderr, beside the manifest."""
+    return Path(folder) / f"worker-{index}.log"
+
+
+def reports_dir(root: Path) -> Path:
+    return Path(root) / "reports"
+
+
+def tuned_dir(root: Path) -> Path:
+    return Path(root) / "tuned"
+
+
+def bench_dir(root: Path) -> Path:
+    return Path(root) / "bench"
 
 PSEUDO_FILE_SYSTEMS = ("/proc", "/sys", "/dev")  # kernel interfaces, never a place for results
 

@@ -24,13 +24,11 @@ from mirai_lab.experiments.spec import Plan, PlannedRun
 from mirai_lab.experiments.storage import open_storage
 from mirai_lab.files.atomic import fenced, read_json, write_json
 from mirai_lab.messages import say, warn
-from mirai_lab.results_dir import JOURNAL, manifest_path, run_dir, sweep_dir
+from mirai_lab.results_dir import CLAIM, JOURNAL, manifest_path, run_dir, sweep_dir
 from mirai_lab.runs.lock import busy, queue_claim, wait_for
 from mirai_lab.runs.state import RunState, damage, remake_note, run_state, set_status, warn_damage
 from mirai_lab.training.run import execute
 from mirai_lab.training.trainer import Diverged
-
-CLAIM_FILE = "claim.txt"  # the token of the worker that holds the run (a fence for its writes)
 
 
 def write_manifest(plan: Plan, root: Path, command: str) -> Path:
@@ -142,7 +140,7 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
             time.sleep(2.0)
             continue
         folder = run_dir(root, claim.run_id)
-        claim.fence(folder / CLAIM_FILE)
+        claim.fence(folder / CLAIM)
         try:
             with fenced(folder, claim.check), queue_claim():  # the claim, not a file lock, holds the run
                 error = train_one(plan, claim.run_id, root, threads)

@@ -24,7 +24,7 @@ from mirai_lab.files.atomic import write_text
 from mirai_lab.foresight.fit import configure
 from mirai_lab.messages import show_progress
 from mirai_lab.metrics import FID, STOPPING
-from mirai_lab.results_dir import run_dir, safe_name, studies_dir
+from mirai_lab.results_dir import run_dir, safe_name, studies_dir, tuned_dir
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.lock import claim_run
 from mirai_lab.runs.state import RunState, set_status
@@ -233,7 +233,7 @@ def run_tune(opts: TuneOptions, root: Path, out_dir: Path | None = None, quiet: 
 
         study.optimize(objective_fn(opts, root, on_eval), n_trials=todo, catch=(), callbacks=[on_trial])
     states = [t.state.name.lower() for t in study.trials]
-    path = export_best(study, opts, out_dir or root / "tuned")
+    path = export_best(study, opts, out_dir or tuned_dir(root))
     return {"study": opts.study, "trials": len(states), "complete": states.count("complete"),
             "pruned": states.count("pruned"), "best_value": study.best_value, "best_params": study.best_params,
             "spec": str(path)}

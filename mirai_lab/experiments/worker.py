@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.sweep import plan_from_manifest, worker_loop
+from mirai_lab.results_dir import worker_log
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def start_workers(settings: WorkerSettings, n: int, log_dir: Path) -> list[BaseP
     context = multiprocessing.get_context("spawn")
     procs = []
     for i in range(n):
-        log = log_dir / f"worker-{i}.log"
+        log = worker_log(log_dir, i)
         log.write_bytes(b"")
         proc = context.Process(target=work, args=(settings, str(log)), name=f"mirai-lab-worker-{i}", daemon=False)
         proc.start()
@@ -72,7 +73,7 @@ def worker_problems(procs: list[BaseProcess], log_dir: Path) -> list[str]:
         if code == 0:
             continue
         how = f"was killed by {_signal_name(-code)}" if code is not None and code < 0 else f"exited with status {code}"
-        log = log_dir / f"worker-{i}.log"
+        log = worker_log(log_dir, i)
         try:
             errors = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.startswith("error:")]
         except OSError:

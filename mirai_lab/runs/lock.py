@@ -35,16 +35,15 @@ from filelock import FileLock, Timeout
 
 from mirai_lab.distributed import world_size
 from mirai_lab.messages import say
+from mirai_lab.results_dir import LOCKS
 from mirai_lab.runs.state import done_record, mend
-
-LOCKS_DIR = "locks"
 
 _queue_claim: ContextVar[bool] = ContextVar("mirai_lab_queue_claim", default=False)
 
 
 def lock_file(run: Path) -> Path:
     """Where the lock of the run folder `run` (<results>/runs/<run_id>) lives."""
-    return run.parent.parent / LOCKS_DIR / f"{run.name}.lock"
+    return run.parent.parent / LOCKS / f"{run.name}.lock"
 
 
 @contextlib.contextmanager

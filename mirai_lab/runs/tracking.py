@@ -41,7 +41,7 @@ from mirai_lab.distributed import is_main_process
 from mirai_lab.errors import UserError
 from mirai_lab.files.atomic import read_json
 from mirai_lab.messages import say
-from mirai_lab.results_dir import CURVE, FINAL
+from mirai_lab.results_dir import CURVE, FINAL, TENSORBOARD
 from mirai_lab.runs.curve import Curve
 
 TRACKER_ENV = "MIRAI_LAB_TRACKER"
@@ -180,7 +180,7 @@ class TensorBoardTracker(Tracker):
         # optional heavy dependency (the `trackers` extra): imported only when chosen
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard" / label.name))
+        self.writer = SummaryWriter(log_dir=str(folder / TENSORBOARD / label.name))
         self.hparams = {**{k: _hparam(v) for k, v in _flat(config).items()},
                         **{f"run/{k}": v for k, v in label.tags().items()}}
         self.writer.add_text("run", json.dumps(label.tags(), sort_keys=True), 0)

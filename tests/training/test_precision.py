@@ -118,6 +118,7 @@ def test_explicit_precisions_are_kept_and_nothing_is_measured(tmp_path, monkeypa
 
 
 def test_the_cache_key_separates_machines_shapes_batches_heads_and_forced_branches(monkeypatch):
+    monkeypatch.delenv(precision.PROBE_ENV, raising=False)  # measured, whatever the suite's environment forces
     keys = [precision.cache_key(build_config(None, over), 1, 2) for over in
             ({}, {"model.preset": "cpu-m"}, {"train.batch_size": 32}, {"foresight.source": "ema"})]
     monkeypatch.setenv(precision.PROBE_ENV, "emulated")
