@@ -38,8 +38,7 @@ from mirai_lab.config import (
 )
 from mirai_lab.presets import BUDGETS
 
-# one xdist worker runs the whole file (make test: --dist loadgroup), so that the case count below sees every case
-pytestmark = pytest.mark.xdist_group("fuzz")
+# make test runs this file in one process of its own, so that the case count below sees every case
 CATEGORIES = 11  # the categories of generated cases: run_case's and the damaged folders'
 TIME_BOUND_S = 30  # a case still running after this is a hang (SIGALRM stops it)
 COUNTS: Counter[str] = Counter()
