@@ -364,36 +364,69 @@ def sweep(
 
 @app.command()
 def tune(
-    source: Annotated[str, typer.Option(help="ema | bidirectional | mtp")] = "ema",
-    trials: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Total trials in the study.")] = 20,
-    budget: Annotated[str, typer.Option(help="Run length of each trial.")] = "quick",
-    objective: Annotated[str, typer.Option(help="fid_domain | val_nll (final value, minimised).")] = "fid_domain",
-    pruner: Annotated[str, typer.Option(help="median | hyperband | none")] = "median",
+    source: Annotated[str, typer.Option(help="ema | bidirectional (mtp is an injection level: --set "
+                                             "foresight.injection=mtp in a sweep).")] = "ema",
+    trials: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Total trials in the study, the first the "
+                                                                     "default coefficient.")] = 20,
+    budget: Annotated[str, typer.Option(help="Run length of every run.")] = "quick",
+    objective: Annotated[str, typer.Option(help="fid_domain | val_nll: the trial's final value minus the "
+                                                "baseline's, paired by seed and averaged over --seeds.")]
+    = "fid_domain",
+    seeds: Annotated[int, typer.Option(min=1, max=MAX_SEEDS, help="Seeds per trial (0..n-1), each paired with "
+                                                                   "the baseline's.")] = 2,
+    rescore: Annotated[int, typer.Option(min=0, max=MAX_TRIALS, help="Top trials trained on 3 more seeds before "
+                                                                      "the winner is chosen on all seeds pooled.")]
+    = 3,
+    confirm_seeds: Annotated[int, typer.Option(min=3, max=MAX_SEEDS, help="Fresh seeds on which the winner is "
+                                                                           "compared with the default and the "
+                                                                           "baseline.")] = 5,
+    workers: Annotated[int, typer.Option(min=1, max=MAX_WORKERS, help="Runs of the baseline, rescoring and "
+                                                                       "confirmation blocks trained at once (trials "
+                                                                       "run one at a time).")] = 1,
+    pruner: Annotated[str, typer.Option(help="median | hyperband | none (on the running paired val_nll "
+                                             "difference).")] = "median",
     per_head: Annotated[bool, typer.Option("--per-head", help="One coefficient per head.")] = False,
     search_warmup: Annotated[bool, typer.Option("--search-warmup", help="Also tune warmup_frac.")] = False,
     search_schedule: Annotated[bool, typer.Option("--search-schedule", help="Also tune the schedule.")] = False,
     search_block: Annotated[bool, typer.Option("--search-block", help="Also tune the student block.")] = False,
-    study: Annotated[str | None, typer.Option(help="Study name (default tune-<source>-<budget>).")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default tune-<source>-<budget>, plus the settings "
+                                                   "that differ from the defaults).")] = None,
     storage: Annotated[str | None, typer.Option(help="sqlite:///F (one process; the default under "
                                                      "results/studies), journal:PATH or postgresql://...")] = None,
     set_: SetOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for the best spec (default <results>/tuned).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the spec and tune.json (default "
+                                                  "<results>/tuned/<study>).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the study plan (trials, seeds, rescoring, "
+                                                            "confirmation block, time); train and write "
+                                                            "nothing.")] = False,
     results_dir: ResultsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Tune the alignment coefficients with Optuna; export the best trial as a spec."""
+    """Tune the alignment coefficients with Optuna on the paired difference to the baseline, confirm the
+    winner on fresh seeds and export it as an experiment spec."""
 
-    from mirai_lab.experiments.tune import TuneOptions, run_tune
+    from mirai_lab.experiments.tune import TuneOptions
+    from mirai_lab.experiments.tune_study import run_tune
 
     if study is not None:
         _name_option(study, "--study")
     opts = TuneOptions(source=source, trials=trials, budget=budget, objective=objective, pruner=pruner,
                        per_head=per_head, search_warmup=search_warmup, search_schedule=search_schedule,
-                       search_block=search_block, study=study, storage=storage, base=parse_set(set_ or []))
-    out_info = run_tune(opts, _root(results_dir), out and _path_option(out, "--out"), quiet=as_json)
-    _emit(out_info, as_json, f"study {out_info['study']}: {out_info['trials']} trials ({out_info['complete']} "
-          f"complete, {out_info['pruned']} pruned); best {objective} {out_info['best_value']:.4g} "
-          f"{out_info['best_params']} -> {out_info['spec']}")
+                       search_block=search_block, study=study, storage=storage, base=parse_set(set_ or []),
+                       seeds=seeds, rescore=rescore, confirm_seeds=confirm_seeds, workers=workers)
+    folder = out and _path_option(out, "--out")
+    info = run_tune(opts, _root(results_dir), folder, quiet=as_json, command=_typed_command(), dry_run=dry_run)
+    if dry_run:
+        if as_json:
+            print(json.dumps(info, sort_keys=True, default=str))
+        return
+    winner, counts = info["winner"], info["counts"]
+    pooled = "" if winner["pooled"] is None else f", {winner['pooled']:+.4g} on the pooled rescoring seeds"
+    _emit(info, as_json, "\n".join([
+        f"study {info['study']}: {counts['trials']} trials ({counts['complete']} complete, {counts['pruned']} "
+        f"pruned); winner trial {winner['trial']} {winner['params']}: paired Δ {objective} {winner['value']:+.4g} "
+        f"on the trial's seeds{pooled} -> {info['spec']}",
+        *info["confirmation"]["lines"]]))
 
 
 @app.command()
@@ -443,6 +476,33 @@ def confirm(
                            command=_typed_command(), dry_run=dry_run, as_json=as_json)
     rows = [f"{v} {m}: {r['outcome']}" for v, ms in record.get("rows", {}).items() for m, r in ms.items()]
     _emit(record, as_json, "confirm " + sweep_name + ": " + ("; ".join(rows) or record.get("note", "dry run")))
+
+
+@app.command()
+def robust(
+    sweep_name: Annotated[str, typer.Argument(metavar="SWEEP", help="A finished sweep under <results>/sweeps.")],
+    vary: Annotated[list[str] | None, typer.Option(
+        help="A neighbouring setting, repeatable: field=0.5x,1.5x (factors of each run's value), field=v1,v2 "
+             "(values of any dotted config field) or budget=NAME (the same runs at another budget).")] = None,
+    seeds: Annotated[int, typer.Option(min=3, max=MAX_SEEDS, help="Seeds 0..N-1 per setting.")] = 5,
+    workers: Annotated[int, typer.Option(min=1, max=MAX_WORKERS, help="Runs trained at once on this machine.")] = 1,
+    rows: Annotated[str, typer.Option(help="resolved (the baseline and the rows the first look settled) | all.")]
+    = "resolved",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each setting's runs, do nothing.")] = False,
+    results_dir: ResultsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the baseline and the rows again at neighbouring settings: does each verdict hold, or flip?"""
+
+    from mirai_lab.experiments.robust import robust_sweep, summary_lines
+
+    record = robust_sweep(_root(results_dir), _name_option(sweep_name, "sweep"), vary=vary or [], seeds=seeds,
+                          workers=workers, rows=rows, command=_typed_command(), dry_run=dry_run, as_json=as_json)
+    if as_json or record.get("dry_run"):
+        _emit(record, as_json, f"robust {sweep_name}: dry run of {len(record['settings'])} setting(s)")
+        return
+    for line in summary_lines(record) or [record.get("note", "")]:
+        say(f"robust {sweep_name}: {line}")
 
 
 @app.command()

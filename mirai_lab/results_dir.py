@@ -2,7 +2,8 @@
 
     <results>/runs/<run_id>/{config.json,status.json,curve.csv,final.json,provenance.json,
                              samples.png,structure.png,checkpoint.pt}
-    <results>/sweeps/<name>/{manifest.json,adaptive.json,confirm.json,journal.log,worker-<i>.log}
+    <results>/sweeps/<name>/{manifest.json,adaptive.json,confirm.json,robust.json,journal.log,
+                             worker-<i>.log}
     <results>/cache/<kind>-<hash>.<ext>     tokenizer, token codes, classifiers, encoders, features
     <results>/studies/<study>.{db,journal}  tune studies
     <results>/stale/<run_id>-<time>/        runs of an older code version set aside (--rerun-stale)
@@ -30,6 +31,8 @@ CONFIG, STATUS, CURVE, FINAL = "config.json", "status.json", "curve.csv", "final
 CHECKPOINT, PROVENANCE, SAMPLES, STRUCTURE = "checkpoint.pt", "provenance.json", "samples.png", "structure.png"
 # the files of a sweep folder
 MANIFEST, ADAPTIVE, JOURNAL, CONFIRM = "manifest.json", "adaptive.json", "journal.log", "confirm.json"
+ROBUST = "robust.json"  # robustness of a sweep's verdicts at neighbouring settings (experiments/robust.py)
+TIMING = "timing.json"  # in a sweep folder: where its commands' time went (experiments/timing_record.py)
 CLAIM = "claim.txt"  # in a run folder: the token of the worker that holds the run (a fence for its writes)
 TENSORBOARD = "tensorboard"  # in a run folder: the TensorBoard event files
 LOCKS = "locks"  # <results>/locks/<run_id>.lock: one trainer per run (runs/lock.py)
@@ -38,6 +41,11 @@ LOCKS = "locks"  # <results>/locks/<run_id>.lock: one trainer per run (runs/lock
 def worker_log(folder: Path, index: int) -> Path:
     """A sweep worker's stderr, beside the manifest."""
     return Path(folder) / f"worker-{index}.log"
+
+
+def worker_timing(folder: Path, index: int) -> Path:
+    """A sweep worker's time ledger, written when it exits, beside its log."""
+    return Path(folder) / f"worker-{index}.timing.json"
 
 
 def reports_dir(root: Path) -> Path:

@@ -139,7 +139,7 @@ class Evaluator:
                           stop_after=block)
         states = hidden[block][:, 1:].float().cpu()
         h, w = self.data.grid
-        structure_map(states, h, w, path)
+        structure_map(states, h, w, path, block=block)
         return structure_score(states, h, w)
 
     def final(self, model: GPT, run_dir: Path, step: int, val_nll: float | None = None) -> dict[str, Any]:

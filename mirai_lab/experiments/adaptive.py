@@ -47,8 +47,10 @@ from mirai_lab.experiments.spec import experiment_table, load_plan, positive_num
 from mirai_lab.experiments.sweep import to_train
 from mirai_lab.experiments.sweep_precision import sweep_precision
 from mirai_lab.experiments.sweep_verb import run_sweep
+from mirai_lab.experiments.timing_record import timed_call
 from mirai_lab.files.atomic import write_json
 from mirai_lab.metrics import REGISTRY, VAL_NLL
+from mirai_lab.timing import part
 
 ALPHA = 0.05
 FIRST_MIN = 3  # a t-interval from 2 seeds has 1 degree of freedom: too wide to resolve anything
@@ -190,6 +192,12 @@ def run_adaptive(request: SweepRequest, root: Path, options: AdaptiveOptions, *,
     Each round is `request` at that round's seeds, under the sweep's name, with the variants that
     keep their seeds given as variant_seeds; its manifest records the command the user typed.
     """
+    with timed_call(request.command), part("plan"):  # the rounds' time is the workers' (timing_record.py)
+        return _run_adaptive(request, root, options, as_json, metric)
+
+
+def _run_adaptive(request: SweepRequest, root: Path, options: AdaptiveOptions, as_json: bool,
+                  metric: str) -> dict[str, Any]:
     spec_path, budget, workers, name = request.spec, request.budget, request.workers, request.name
     overrides = parse_set(list(request.set_items))
     plan = load_plan(spec_path, budget=budget, overrides=overrides, resolve_auto=sweep_precision(root, quiet=True))

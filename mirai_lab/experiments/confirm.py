@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pandas as pd
 
 from mirai_lab.analysis.collect import collect, done
 from mirai_lab.analysis.stats import LEVEL, by_seed, paired_difference, verdict
-from mirai_lab.config import config_from_dict
+from mirai_lab.config import RunConfig, config_from_dict
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.request import SweepRequest
 from mirai_lab.experiments.spec import CONFIRMATION_SEEDS, Plan, PlannedRun
@@ -59,14 +60,30 @@ def first_look(runs: pd.DataFrame, baseline: str, level: float) -> dict[str, dic
     return out
 
 
+def sweep_first_look(root: Path, sweep: str, baseline: str) -> tuple[float, dict[str, dict[str, dict[str, Any]]]]:
+    """(level, first look) of a sweep: its rows judged at the level its verdicts were found at (the
+    adaptive sweep's Bonferroni level, else 95%)."""
+    adaptive = adaptive_path(root, sweep)
+    level = float(read_json(adaptive)["level"]) if adaptive.is_file() else LEVEL
+    return level, first_look(collect(root, [sweep])[0], baseline, level)
+
+
+def resolved_rows(first: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The rows of a first look with a settled verdict on some compared metric."""
+    return [v for v, metrics in first.items() if any(m["verdict"] in SETTLED for m in metrics.values())]
+
+
 def outcome(original: str, fresh: str) -> str:
     if fresh == original:
         return "replicated"
     return "inconclusive" if fresh == "unresolved" else "not replicated"
 
 
-def confirmation_plan(manifest: dict[str, Any], variants: list[str], seeds: list[int], name: str) -> Plan:
-    """The baseline and `variants` on `seeds`, from the configs the sweep recorded (its first seed's)."""
+def confirmation_plan(manifest: dict[str, Any], variants: list[str], seeds: list[int], name: str, *,
+                      change: Callable[[RunConfig], RunConfig] | None = None, budget: str | None = None) -> Plan:
+    """The baseline and `variants` on `seeds`, from the configs the sweep recorded (its first seed's),
+    each passed through `change` when given (a robustness setting: experiments/robust.py), under
+    `budget` (default: the sweep's)."""
     runs = []
     for variant in [manifest["baseline"], *variants]:
         recorded = next((r for r in manifest["runs"] if r["variant"] == variant), None)
@@ -74,13 +91,15 @@ def confirmation_plan(manifest: dict[str, Any], variants: list[str], seeds: list
             raise UserError(f"sweep {manifest['name']!r} records no config for {variant!r}: plan it again with "
                             "`mirai-lab sweep` (its manifest predates recorded configs)")
         if recorded.get("depends_on"):
-            raise UserError(f"variant {variant!r} reads another run's checkpoint (a static teacher): confirm it "
-                            "with a sweep of its own on fresh seeds")
+            raise UserError(f"variant {variant!r} reads another run's checkpoint (a static teacher): train it "
+                            "again with a sweep of its own")
         template = config_from_dict(copy.deepcopy(recorded["config"]))
+        if change is not None:
+            template = change(template)
         for seed in seeds:
             cfg = dataclasses.replace(template, train=dataclasses.replace(template.train, seed=seed))
             runs.append(PlannedRun(run_id_of(cfg), variant, seed, recorded.get("overrides", {}), cfg))
-    return Plan(name, manifest["budget"], seeds, list(manifest["axes"]), manifest["baseline"], runs,
+    return Plan(name, budget or manifest["budget"], seeds, list(manifest["axes"]), manifest["baseline"], runs,
                 manifest.get("paper"), {})
 
 
@@ -93,10 +112,8 @@ def confirm_sweep(root: Path, sweep: str, *, seeds: int, workers: int, command: 
     baseline = manifest.get("baseline")
     if not baseline:
         raise UserError(f"sweep {sweep!r} has no baseline: nothing to confirm")
-    adaptive = adaptive_path(root, sweep)
-    level = float(read_json(adaptive)["level"]) if adaptive.is_file() else LEVEL
-    first = first_look(collect(root, [sweep])[0], baseline, level)
-    resolved = [v for v, metrics in first.items() if any(m["verdict"] in SETTLED for m in metrics.values())]
+    level, first = sweep_first_look(root, sweep, baseline)
+    resolved = resolved_rows(first)
     fresh_seeds = [CONFIRMATION_SEEDS + i for i in range(seeds)]
     record: dict[str, Any] = {"sweep": sweep, "first_level": level, "level": LEVEL, "seeds": fresh_seeds,
                               "command": command, "rows": {}}

@@ -19,6 +19,7 @@ from mirai_lab.experiments.adaptive import AdaptiveOptions, run_adaptive
 from mirai_lab.experiments.request import SweepRequest
 from mirai_lab.experiments.spec import SPECS_DIR
 from mirai_lab.experiments.sweep_verb import run_sweep
+from mirai_lab.experiments.timing_record import timed_call
 from mirai_lab.files.atomic import write_text
 from mirai_lab.messages import say
 from mirai_lab.report.write import write_report
@@ -37,10 +38,11 @@ def reproduce_table(table: str, root: Path, *, budget: str | None, seeds: int | 
     t0 = time.perf_counter()
     request = SweepRequest(spec=SPECS_DIR / f"{table}.toml", command=command, set_items=tuple(set_items),
                            budget=budget, seeds=seeds, workers=workers, dry_run=dry_run)
-    if adaptive is not None and not dry_run:  # rounds of seeds under one name (experiments/adaptive.py)
-        out = run_adaptive(request, root, adaptive)
-    else:
-        out = run_sweep(request, root)
+    with timed_call(command):  # the sweep's time, into its timing.json before the report reads it
+        if adaptive is not None and not dry_run:  # rounds of seeds under one name (experiments/adaptive.py)
+            out = run_adaptive(request, root, adaptive)
+        else:
+            out = run_sweep(request, root)
     name = out["name"] if out else table
     target = root / name
     if dry_run:

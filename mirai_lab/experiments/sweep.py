@@ -27,6 +27,7 @@ from mirai_lab.messages import say, warn
 from mirai_lab.results_dir import CLAIM, JOURNAL, manifest_path, run_dir, sweep_dir
 from mirai_lab.runs.lock import busy, queue_claim, wait_for
 from mirai_lab.runs.state import RunState, damage, remake_note, run_state, set_status, warn_damage
+from mirai_lab.timing import part
 from mirai_lab.training.run import execute
 from mirai_lab.training.trainer import Diverged
 
@@ -82,7 +83,8 @@ def train_one(plan: Plan, run_id: str, root: Path, threads: int | None,
     """Train one run of the plan; returns None on success or the error message."""
     run = next(r for r in plan.runs if r.run_id == run_id)
     try:
-        execute(run.cfg, root, progress, threads, run.variant, sweep=plan.name)
+        with part("setup"):  # what the trainer's own parts (train, val, ...) leave: building, resuming, hooks
+            execute(run.cfg, root, progress, threads, run.variant, sweep=plan.name)
         return None
     except ClaimLost:
         raise  # not this run's failure: another worker holds it now, and this one must not write
@@ -127,18 +129,23 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
     the run and writes nothing more for it.
     """
 
-    storage = open_storage(storage_url, sweep_dir(root, plan.name) / JOURNAL, heartbeat_s=heartbeat_s)
-    queue = RunQueue(storage, plan.name, [r.run_id for r in plan.unique_runs],
-                     lambda rid: not run_state(run_dir(root, rid)).needs_training(retry_failed),
-                     retry_failed=retry_failed)
+    with part("claim"):
+        storage = open_storage(storage_url, sweep_dir(root, plan.name) / JOURNAL, heartbeat_s=heartbeat_s)
+        queue = RunQueue(storage, plan.name, [r.run_id for r in plan.unique_runs],
+                         lambda rid: not run_state(run_dir(root, rid)).needs_training(retry_failed),
+                         retry_failed=retry_failed)
     trained = 0
     depends = {r.run_id: r.depends_on for r in plan.runs if r.depends_on}
-    while (claim := queue.claim(wait=True, poll_s=2.0)) is not None:
-        dep = depends.get(claim.run_id)
-        if dep is not None and run_state(run_dir(root, dep)) is not RunState.DONE:
-            claim.release()  # its teacher is still training elsewhere: give it back and wait
-            time.sleep(2.0)
-            continue
+    while True:
+        with part("claim"):  # waiting for a run held elsewhere (or for a teacher) included
+            claim = queue.claim(wait=True, poll_s=2.0)
+            dep = depends.get(claim.run_id) if claim is not None else None
+            if claim is not None and dep is not None and run_state(run_dir(root, dep)) is not RunState.DONE:
+                claim.release()  # its teacher is still training elsewhere: give it back and wait
+                time.sleep(2.0)
+                continue
+        if claim is None:
+            break
         folder = run_dir(root, claim.run_id)
         claim.fence(folder / CLAIM)
         try:

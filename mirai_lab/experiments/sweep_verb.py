@@ -24,11 +24,13 @@ from mirai_lab.experiments.sweep import (
     write_manifest,
 )
 from mirai_lab.experiments.sweep_precision import sweep_precision
+from mirai_lab.experiments.timing_record import timed_call
 from mirai_lab.experiments.worker import WorkerSettings, start_workers, worker_problems
 from mirai_lab.files.atomic import read_json
 from mirai_lab.messages import say, warn
 from mirai_lab.results_dir import run_dir, stale_dir
 from mirai_lab.runs.provenance import is_stale
+from mirai_lab.timing import part
 
 
 def run_sweep(request: SweepRequest, root: Path, *, as_json: bool = False,
@@ -37,6 +39,11 @@ def run_sweep(request: SweepRequest, root: Path, *, as_json: bool = False,
 
     `adaptive` (dry runs only: the planned looks, Design.to_json() plus max_minutes) says that the
     request is an adaptive sweep's first look (experiments/dry_run.first_look)."""
+    with timed_call(request.command), part("plan"):  # the rounds' time is the workers' (timing_record.py)
+        return _run_sweep(request, root, as_json, adaptive)
+
+
+def _run_sweep(request: SweepRequest, root: Path, as_json: bool, adaptive: dict[str, Any] | None) -> dict[str, Any]:
     if world_size() > 1:
         raise UserError("sweep runs one process per run: start one sweep worker per GPU (CUDA_VISIBLE_DEVICES), "
                         "not under torchrun")
@@ -98,16 +105,22 @@ def execute_plan(plan: Plan, r: SweepRequest, root: Path, *, as_json: bool = Fal
             say(line)
         return {"name": plan.name, "trained": 0, **before, "manifest": str(mpath)}
     t0 = time.perf_counter()
-    with SweepMonitor(plan, root, quiet=as_json) as monitor:
+    with timed_call(r.command) as call, SweepMonitor(plan, root, quiet=as_json) as monitor:
+        call.at(mpath.parent)
         if r.workers > 1:
             threads = r.threads or max(1, (os.cpu_count() or 1) // r.workers)
-            settings = WorkerSettings(str(root), str(mpath), r.storage, r.retry_failed, threads, r.heartbeat_s)
-            procs = start_workers(settings, r.workers, mpath.parent)
-            while any(p.is_alive() for p in procs):
-                monitor.refresh()
-                time.sleep(1.0)
-            for p in procs:
-                p.join()
+            with call.round_of_workers(mpath.parent, r.workers) as spawned_at:
+                settings = WorkerSettings(str(root), str(mpath), r.storage, r.retry_failed, threads, r.heartbeat_s,
+                                          spawned_at=spawned_at)
+                procs = start_workers(settings, r.workers, mpath.parent)
+                shown = 0.0
+                while any(p.is_alive() for p in procs):
+                    if time.monotonic() - shown >= 1.0:  # the table reads every run's status: once a second
+                        monitor.refresh()
+                        shown = time.monotonic()
+                    time.sleep(0.2)  # the round ends within this of its last worker's exit
+                for p in procs:
+                    p.join()
             problems = worker_problems(procs, mpath.parent)
             left = to_train(plan, root, retry_failed=False)
             if problems and left:  # the survivors could not finish: the dead worker's error is the sweep's
@@ -115,9 +128,11 @@ def execute_plan(plan: Plan, r: SweepRequest, root: Path, *, as_json: bool = Fal
             for problem in problems:  # the others took its runs over: the sweep succeeded
                 warn(f"{problem}; the other workers finished its runs")
         elif r.storage is not None:
-            worker_loop(plan, root, r.storage, r.retry_failed, r.threads, r.heartbeat_s)
+            with call.round_here():
+                worker_loop(plan, root, r.storage, r.retry_failed, r.threads, r.heartbeat_s)
         else:
-            run_sequential(plan, root, r.retry_failed, monitor, r.threads)
+            with call.round_here():
+                run_sequential(plan, root, r.retry_failed, monitor, r.threads)
     after = summary(plan, root)
     trained = after["done"] - before["done"]
     line = (f"sweep {plan.name}: {after['done']} done ({trained} trained now), {after['failed']} failed, "

@@ -13,13 +13,16 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.sweep import plan_from_manifest, worker_loop
-from mirai_lab.results_dir import worker_log
+from mirai_lab.files.atomic import write_json
+from mirai_lab.results_dir import worker_log, worker_timing
+from mirai_lab.timing import LEDGER
 
 
 @dataclass(frozen=True)
@@ -32,15 +35,28 @@ class WorkerSettings:
     retry_failed: bool
     threads: int | None
     heartbeat_s: int
+    spawned_at: float = 0.0  # the parent's wall clock when it started the workers: their start-up time
 
 
-def work(settings: WorkerSettings, log: str) -> None:
-    """A worker process's body: stdout to nowhere, stderr to `log`; one `error:` line and exit 2 on a UserError."""
+def work(settings: WorkerSettings, log: str, timing: str) -> None:
+    """A worker process's body: stdout to nowhere, stderr to `log`; one `error:` line and exit 2 on a
+    UserError. Its time ledger goes to `timing` when it exits, however it exits short of being killed."""
+    if settings.spawned_at:
+        LEDGER.add("start", max(0.0, time.time() - settings.spawned_at))  # interpreter and imports
+    try:
+        _work(settings, log)
+    finally:
+        write_json(Path(timing), {"parts": LEDGER.totals(), "spawned_at": settings.spawned_at,
+                                  "ended_at": time.time()})
+
+
+def _work(settings: WorkerSettings, log: str) -> None:
     with open(os.devnull, "wb") as null, open(log, "ab") as err:
         os.dup2(null.fileno(), 1)
         os.dup2(err.fileno(), 2)
     try:
-        plan = plan_from_manifest(Path(settings.manifest))
+        with LEDGER.part("claim"):
+            plan = plan_from_manifest(Path(settings.manifest))
         worker_loop(plan, Path(settings.root), settings.storage, settings.retry_failed, settings.threads,
                     settings.heartbeat_s)
     except UserError as exc:
@@ -56,7 +72,10 @@ def start_workers(settings: WorkerSettings, n: int, log_dir: Path) -> list[BaseP
     for i in range(n):
         log = worker_log(log_dir, i)
         log.write_bytes(b"")
-        proc = context.Process(target=work, args=(settings, str(log)), name=f"mirai-lab-worker-{i}", daemon=False)
+        timing = worker_timing(log_dir, i)
+        timing.unlink(missing_ok=True)  # a file left by an earlier round would be read as this one's
+        proc = context.Process(target=work, args=(settings, str(log), str(timing)), name=f"mirai-lab-worker-{i}",
+                               daemon=False)
         proc.start()
         procs.append(proc)
     return procs

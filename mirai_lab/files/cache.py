@@ -27,6 +27,7 @@ from filelock import FileLock
 
 from mirai_lab.errors import CorruptFile, UserError
 from mirai_lab.messages import warn
+from mirai_lab.timing import part
 
 T = TypeVar("T")
 
@@ -59,8 +60,9 @@ def load_or_build(path: Path, load: Callable[[Path], T], build: Callable[[], T],
                 except INCONSISTENT as exc:
                     warn(f"cache {path} is corrupt ({_reason(exc)}); rebuilding it")
                     path.unlink(missing_ok=True)
-            value = build()
-            save(path, value)
+            with part("cache_build"):  # waiting on the lock stays in the caller's part
+                value = build()
+                save(path, value)
             return value
         finally:
             lock.unlink(missing_ok=True)

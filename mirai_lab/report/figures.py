@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.image import imread
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -330,6 +333,86 @@ def plot_finals(runs: pd.DataFrame, table: pd.DataFrame, order: Sequence[str], b
     return save_figure(fig, out_dir, "finals")
 
 
+# ---------------------------------------------------------------- robustness at neighbouring settings
+
+
+def robustness_points(record: dict[str, Any]) -> pd.DataFrame:
+    """A row per (variant, metric, position) of a robust.json record (experiments/robust.py): position 0
+    is the sweep's own setting (its first look), then each varied setting in the record's order. A
+    setting without a result for the row is left out; its position stays, so columns line up."""
+    settings = record.get("settings") or []
+    names = [str(record.get("original", "original")), *(s["name"] for s in settings)]
+    rows = []
+    for row in record.get("rows") or []:
+        variant, metric = row["variant"], row["metric"]
+        found = [row.get("original"), *(s["rows"].get(variant, {}).get(metric) for s in settings)]
+        for x, (name, point) in enumerate(zip(names, found, strict=True)):
+            if point:
+                rows.append({"variant": variant, "metric": metric, "x": x, "setting": name,
+                             "mean": float(point["mean"]), "lo": float(point["lo"]), "hi": float(point["hi"]),
+                             "n": int(point["n"]), "verdict": _verdict(point["verdict"])})
+    return pd.DataFrame(rows, columns=["variant", "metric", "x", "setting", "mean", "lo", "hi", "n", "verdict"])
+
+
+def robustness_figure(points: pd.DataFrame, names: Sequence[str], margins: Mapping[str, float],
+                      first_level: float, level: float) -> Figure:
+    """A column of panels per compared metric, a row per variant; x = the sweep's own setting, then
+    each varied one: the paired difference to the baseline (dot) and its interval (bar), coloured by
+    verdict, with zero and the ±margin band."""
+    metrics = [m for m in COMPARED if m in set(points["metric"])]
+    variants = list(dict.fromkeys(points["variant"]))
+    width = min(MAX_WIDTH_IN, max(6.0, 1.4 + len(metrics) * (1.4 + 0.9 * len(names))))
+    fig = Figure(figsize=(width, 1.3 + 1.9 * len(variants)), layout="constrained")
+    axes = fig.subplots(len(variants), len(metrics), squeeze=False, sharex=True)
+    for j, metric in enumerate(metrics):
+        margin = margins.get(metric)
+        for i, variant in enumerate(variants):
+            ax = axes[i, j]
+            sel = points[(points["variant"] == variant) & (points["metric"] == metric)]
+            if margin:
+                ax.axhspan(-margin, margin, color="0.9", zorder=0)
+            ax.axhline(0.0, color="black", linewidth=0.8, zorder=1)
+            ax.axvline(0.5, color="0.6", linestyle=":", linewidth=0.8)
+            for r in sel.itertuples(index=False):
+                colour = VERDICT_COLOURS[r.verdict]
+                if np.isfinite(r.lo) and np.isfinite(r.hi):
+                    ax.errorbar(r.x, r.mean, yerr=[[r.mean - r.lo], [r.hi - r.mean]], fmt="none", ecolor=colour,
+                                elinewidth=2.5, capsize=4, zorder=3)
+                ax.plot(r.x, r.mean, marker="o", color=colour, markeredgecolor="black", markersize=6, zorder=4)
+                ax.annotate(f"n={r.n}", xy=(r.x, r.hi if np.isfinite(r.hi) else r.mean), xytext=(0, 3),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=6.5, color="0.3")
+            for x in sorted(set(range(len(names))) - set(sel["x"])):  # a setting with no result for the row
+                ax.annotate("no result", xy=(x, 0.5), xycoords=("data", "axes fraction"), ha="center", fontsize=7,
+                            color="0.4", style="italic")
+            ax.set_xlim(-0.5, len(names) - 0.5)
+            ax.margins(y=0.18)
+            ax.grid(axis="y", color="0.85", linewidth=0.5)
+            ax.tick_params(labelsize=7)
+            if i == 0:
+                ax.set_title(f"Δ {metric} vs baseline (< 0: better)", fontsize=8.5)
+            if j == 0:
+                ax.set_ylabel(f"{variant}", fontsize=8.5, fontweight="bold")
+        labels = [f"{names[0]}\n(first look)", *names[1:]]
+        axes[-1, j].set_xticks(range(len(names)), labels, rotation=20, ha="right", fontsize=7.5)
+    handles = [*_verdict_handles(list(points["verdict"])), Patch(color="0.9", label="± equivalence margin")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.suptitle(f"Paired Δ to the baseline at each setting: dot = mean, bar = interval, colour = verdict\n"
+                 f"({level_text(first_level)} at the first look, {level_text(level)} at each varied setting, "
+                 "a look of its own)", fontsize=8)
+    return fig
+
+
+def plot_robustness(record: dict[str, Any], margins: Mapping[str, float], out_dir: Path,
+                    stem: str = "robustness") -> list[str]:
+    """robustness.png/.pdf from a robust.json record (robustness_figure); nothing when it holds no row."""
+    points = robustness_points(record)
+    if points.empty:
+        return []
+    names = [str(record.get("original", "original")), *(s["name"] for s in record.get("settings") or [])]
+    figure = robustness_figure(points, names, margins, float(record["first_level"]), float(record["level"]))
+    return save_figure(figure, out_dir, stem)
+
+
 # ---------------------------------------------------------------- over steps
 
 
@@ -463,13 +546,9 @@ def _class_rows(img: np.ndarray) -> list[float]:
     return [(a_stop + b_start) / 2 for (_, a_stop), (b_start, _) in zip(bands, bands[1:], strict=False)]
 
 
-def montage(runs: pd.DataFrame, order: Sequence[str], results: Path, filename: str, out_dir: Path) -> list[str]:
-    """<filename> in out_dir: the runs' own <filename> in a grid of panels, the first done seed of each variant.
-
-    The images are read, not regenerated, so each panel is exactly what its run produced.
-    Sample grids (a row per class) get their rows labelled with the class index (the embedded
-    data sets carry no class names); structure maps get their block and a colour key.
-    """
+def _first_images(runs: pd.DataFrame, order: Sequence[str], results: Path, filename: str
+                  ) -> list[tuple[str, Any, np.ndarray]]:
+    """(label, run, image) of the first done seed of each variant that wrote `filename`, in `order`."""
     panels = []
     finished = done(runs)
     for label in order:
@@ -478,15 +557,17 @@ def montage(runs: pd.DataFrame, order: Sequence[str], results: Path, filename: s
             if path.exists():
                 panels.append((label, run, imread(path)))
                 break
-    if not panels:
-        return []
-    is_samples = filename.startswith("samples")
+    return panels
+
+
+def _samples_figure(panels: Sequence[tuple[str, Any, np.ndarray]]) -> Figure:
+    """Sample grids side by side, MAX_PANELS_PER_ROW to a row, the class rows of the first column labelled
+    with the class index (the embedded data sets carry no class names)."""
     cols = min(len(panels), MAX_PANELS_PER_ROW)
     rows = -(-len(panels) // cols)
     width = 3.2
     height = width * max(img.shape[0] / img.shape[1] for _, _, img in panels)
-    fig = Figure(figsize=(width * cols + (0.8 if is_samples else 0), (height + 0.6) * rows + 0.5),
-                 layout="constrained")
+    fig = Figure(figsize=(width * cols + 0.8, (height + 0.6) * rows + 0.5), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for i, ax in enumerate(axes):
         if i >= len(panels):
@@ -498,16 +579,81 @@ def montage(runs: pd.DataFrame, order: Sequence[str], results: Path, filename: s
         ax.set_yticks([])
         for side in ax.spines.values():
             side.set_visible(False)
-        title = f"{label}, seed {run.seed}"
-        if not is_samples and pd.notna(getattr(run, "structure_block", np.nan)):
-            title += f"\nblock {int(run.structure_block)}"
-        ax.set_title(title, fontsize=8)
-        centres = _class_rows(img) if is_samples else []
+        ax.set_title(f"{label}, seed {run.seed}", fontsize=8)
+        centres = _class_rows(img)
         if centres and i % cols == 0:
             ax.set_yticks(centres, [f"class {c}" for c in range(len(centres))], fontsize=7)
-    if is_samples:
-        fig.suptitle("samples: one row per class, columns = samples of that class", fontsize=9)
-    else:
-        fig.suptitle("structure maps: each cell's hidden state (batch mean) embedded in 3-D and shown as RGB; "
-                     "similar colour = similar state, smooth regions = 2D structure", fontsize=8)
+    fig.suptitle("samples: one row per class, columns = samples of that class", fontsize=9)
+    return fig
+
+
+# The structure montage is laid out in pixels at DPI: each run's structure.png (two panels, a colour bar,
+# its own title; 1200 x 660 px) is copied 1:1 onto a row of its own, so its text stays as sharp as it is
+# in the run's folder (shrunk into a grid cell, that text would be unreadable).
+STRUCTURE_PAD_PX = 24  # the margins, and the gap between one map and the next variant's label
+STRUCTURE_LABEL_PX = 40  # the band above each map for its variant's label
+STRUCTURE_MIN_WIDTH_PX = 1000  # the title's width where the maps are narrower, so it keeps to a few lines
+STRUCTURE_TITLE_PT, STRUCTURE_LABEL_PT = 10.0, 11.0
+STRUCTURE_TITLE = ("2D-structure maps: one row per variant (its first finished seed), each map at its run's own size.",
+                   "Left: the block's cell states (mean over the images) embedded in 3-D and shown as RGB: similar "
+                   "colour = similar state, smooth colour regions = 2D structure.",
+                   "Right: each cell's cosine similarity to its neighbouring cells minus the mean over all pairs of "
+                   "cells, on the colour bar beside it (red: more like its neighbours than a random cell).")
+
+
+def _wrap(paragraphs: Sequence[str], width_px: float, points: float) -> list[str]:
+    """Each paragraph broken into lines no wider than `width_px` at `points` as Agg draws them at DPI (measured,
+    so a line is neither cut off at the figure's edge nor broken early); a paragraph starts on a line of its own."""
+    renderer = FigureCanvasAgg(Figure(dpi=DPI)).get_renderer()
+    font = FontProperties(size=points)
+    lines = []
+    for text in paragraphs:
+        line = ""
+        for word in text.split():
+            longer = f"{line} {word}" if line else word
+            if line and renderer.get_text_width_height_descent(longer, font, ismath=False)[0] > width_px:
+                lines.append(line)
+                longer = word
+            line = longer
+        lines.append(line)
+    return lines
+
+
+def structure_montage_figure(panels: Sequence[tuple[str, Any, np.ndarray]]) -> Figure:
+    """The runs' structure maps one below the other, each at its own pixel size (figimage, no resampling),
+    each under a label with its variant, seed and block, below a title saying what the panels show."""
+    line_px = 1.3 * STRUCTURE_TITLE_PT * DPI / 72
+    width = max(STRUCTURE_MIN_WIDTH_PX, *(img.shape[1] for _, _, img in panels)) + 2 * STRUCTURE_PAD_PX
+    title = _wrap(STRUCTURE_TITLE, width - 2 * STRUCTURE_PAD_PX, STRUCTURE_TITLE_PT)
+    title_px = int(np.ceil(len(title) * line_px)) + STRUCTURE_PAD_PX
+    height = title_px + sum(STRUCTURE_LABEL_PX + img.shape[0] + STRUCTURE_PAD_PX for _, _, img in panels)
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    fig.text(0.5, 1 - (STRUCTURE_PAD_PX / 2) / height, "\n".join(title), ha="center", va="top",
+             fontsize=STRUCTURE_TITLE_PT, linespacing=1.3)
+    top = height - title_px  # pixels from the bottom edge, as figimage and figure fractions count them
+    for label, run, img in panels:
+        name = f"{label}, seed {run.seed}"
+        if pd.notna(getattr(run, "structure_block", np.nan)):
+            name += f", block {int(run.structure_block)}"
+        fig.text(STRUCTURE_PAD_PX / width, (top - STRUCTURE_LABEL_PX / 2) / height, name, ha="left", va="center",
+                 fontsize=STRUCTURE_LABEL_PT, fontweight="bold")
+        top -= STRUCTURE_LABEL_PX + img.shape[0]
+        x = (width - img.shape[1]) // 2
+        fig.figimage(img, xo=x, yo=top, origin="upper", cmap="gray" if img.ndim == 2 else None)
+        top -= STRUCTURE_PAD_PX
+    return fig
+
+
+def montage(runs: pd.DataFrame, order: Sequence[str], results: Path, filename: str, out_dir: Path) -> list[str]:
+    """<filename> in out_dir: the runs' own <filename>, the first done seed of each variant.
+
+    The images are read, not regenerated, so each panel is exactly what its run produced. Sample grids
+    (small) share a grid of panels with their class rows labelled (_samples_figure); structure maps
+    (two panels with a colour bar and text) are kept at their own pixel size (structure_montage_figure).
+    """
+    panels = _first_images(runs, order, results, filename)
+    if not panels:
+        return []
+    is_samples = filename.startswith("samples")
+    fig = _samples_figure(panels) if is_samples else structure_montage_figure(panels)
     return save_figure(fig, out_dir, Path(filename).stem, formats=("png",))

@@ -20,7 +20,14 @@ from mirai_lab.analysis.stats import ADJUSTMENTS, COMPARED, LEVEL, MARGINS, seed
 from mirai_lab.errors import UserError
 from mirai_lab.files.atomic import read_json, write_text
 from mirai_lab.metrics import VAL_NLL
-from mirai_lab.report.figures import montage, plot_curves, plot_differences, plot_finals, plot_forest
+from mirai_lab.report.figures import (
+    montage,
+    plot_curves,
+    plot_differences,
+    plot_finals,
+    plot_forest,
+    plot_robustness,
+)
 from mirai_lab.report.orderings import check_orderings
 from mirai_lab.report.tables import (
     METRICS,
@@ -30,14 +37,15 @@ from mirai_lab.report.tables import (
     format_speedup,
     format_stat,
     format_verdict,
-    latex_columns,
+    latex_table,
     level_text,
+    markdown_table,
     num,
-    to_latex,
     to_markdown,
 )
-from mirai_lab.results_dir import CONFIG, CONFIRM, SAMPLES, STRUCTURE, run_dir, sweep_dir
+from mirai_lab.results_dir import CONFIG, CONFIRM, ROBUST, SAMPLES, STRUCTURE, run_dir, sweep_dir
 from mirai_lab.runs.state import RunState
+from mirai_lab.timing import describe, read_calls
 
 FLOORS = {"real_vs_real": "real vs real (two real sets of this size)",
           "tokenizer_ceiling": "tokenizer ceiling (reconstructions vs real)",
@@ -257,7 +265,8 @@ def tidy_finals(runs: pd.DataFrame) -> pd.DataFrame:
 def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str, Any]], runs: pd.DataFrame,
                   table: pd.DataFrame, figures: list[str], level: float, margins: dict[str, float],
                   level_line: str, adaptive: dict[str, dict[str, Any] | None], orderings: list[str],
-                  plumbing: str | None = None, confirmation: list[str] | None = None) -> str:
+                  plumbing: str | None = None, confirmation: list[str] | None = None,
+                  robustness: list[str] | None = None, timing: list[str] | None = None) -> str:
     readings = [_reading(r, margins) for _, r in table.iterrows() if not r["is_baseline"]]
     has_baseline = table["is_baseline"].sum() > 0
     if not has_baseline:
@@ -267,6 +276,7 @@ def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str
          "Command:", "", "```", command, "```"],
         ["## Sweeps", "", *_sweep_lines(manifests, runs, adaptive)],
         ["## Measurement", "", *_measurement_lines(runs)],
+        *([["## Time", "", *timing]] if timing else []),
         ["## Table", "", to_markdown(display_table(table, margins)), _legend(table, level_line, margins), "",
          "Also as [CSV](table.csv) and [LaTeX](table.tex)."],
         ["## Noise and power", "", *(_power_lines(table, level, margins) if has_baseline else readings)],
@@ -274,6 +284,7 @@ def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str
         ["## Figures", "", *_figure_lines(figures)],
         ["## Reading", "", *readings],
         *([["## Confirmation on fresh seeds", "", *confirmation]] if confirmation else []),
+        *([["## Robustness at neighbouring settings", "", *robustness]] if robustness else []),
         ["## Failed and unfinished runs", "", *_failed_lines(runs)],
     ]
     return "\n\n".join("\n".join(s) for s in sections) + "\n"
@@ -340,6 +351,63 @@ def confirmation_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _robustness(records: dict[str, dict[str, Any]], out_dir: Path, margins: dict[str, float]) -> list[str]:
+    """The robustness lines and figure of the sweeps whose robust.json holds a setting."""
+    lines: list[str] = []
+    for name, record in records.items():
+        if not record.get("settings"):
+            continue
+        stem = "robustness" if len(records) == 1 else f"robustness-{name}"
+        lines += [f"`{name}`:", "", *robustness_lines(record, plot_robustness(record, margins, out_dir, stem))]
+    return lines
+
+
+def _cell(point: dict[str, Any] | None) -> str:
+    if not point:
+        return "n/a"
+    return f"{point['mean']:+.3g} [{point['lo']:+.3g}, {point['hi']:+.3g}] {point['verdict']}"
+
+
+def _n_span(points: list[dict[str, Any] | None]) -> str:
+    n = sorted({int(p["n"]) for p in points if p})
+    return "none" if not n else str(n[0]) if len(n) == 1 else f"{n[0]}-{n[-1]}"
+
+
+def robustness_lines(record: dict[str, Any], figure: list[str]) -> list[str]:
+    """The report's reading of robust.json: a table of rows x settings (each cell the paired Δ,
+    its interval and verdict), the summary per row and metric, and what each column rests on."""
+    settings, original = record["settings"], record["original"]
+    lines = [f"| row | metric | {original} (first look) | " + " | ".join(f"`{s['name']}`" for s in settings)
+             + " | summary |", "|---|---|" + "---|" * (len(settings) + 2)]
+    for row in record.get("rows", []):
+        variant, metric = row["variant"], row["metric"]
+        cells = [_cell(row["original"]),
+                 *(_cell(s["rows"].get(variant, {}).get(metric)) if variant in s["variants"] else "not run"
+                   for s in settings)]
+        lines.append(f"| {variant} | {metric} | " + " | ".join(cells) + f" | {row['summary']} |")
+    lines += ["", f"- {original} (first look): the sweep's own runs at {level_text(record['first_level'])} intervals "
+                  f"(n = {_n_span([r['original'] for r in record.get('rows', [])])} paired seeds per row)."]
+    for s in settings:
+        seeds = s["seeds"]
+        lines.append(f"- `{s['name']}`: sweep `{s['sweep']}`, budget `{s['budget']}`, seeds {seeds[0]}..{seeds[-1]} "
+                     f"(n = {_n_span([p for ms in s['rows'].values() for p in ms.values()])} paired seeds per row), "
+                     f"plain {level_text(record['level'])} intervals, one look of its own, never pooled with another "
+                     "setting.")
+    plumbing = sorted({b for b in (original, *(s["budget"] for s in settings)) if b in PLUMBING_BUDGETS})
+    if plumbing:
+        lines.append(f"- Runs at the {', '.join(plumbing)} budget check the plumbing: their verdicts say nothing "
+                     "about the method.")
+    lines.append("\nSummary: holds at every setting (the same settled verdict at each), holds at some (settings), "
+                 "holds at no setting, flips at (settings: the opposite verdict, better <-> worse), or no verdict to "
+                 "hold (the first look settled nothing: each setting's verdict is listed).")
+    png = next((f for f in figure if f.endswith(".png")), None)
+    if png:
+        pdf = next((f" ([PDF]({f}))" for f in figure if f.endswith(".pdf")), "")
+        lines.append(f"\n**Paired Δ to the baseline at each setting, coloured by verdict**{pdf}\n\n"
+                     f"![robustness]({png})")
+    return lines
+
+
 def check_one_precision(results: Path, runs: pd.DataFrame) -> None:
     """Refuse a table whose rows were trained in different precisions: a paired difference
     between a bf16 run and an fp32 run measures the precision as much as the variant."""
@@ -378,17 +446,19 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
     plumbing = plumbing_reason(results, manifests, runs)
     table = build_table(runs, curves, level, margins, withheld=plumbing is not None, adjust=adjust, alpha=alpha)
     orderings = _ordering_lines(manifests, runs, level, margins)  # checks the spec's orderings before any write
-    shown = display_table(table, margins)
+    robust = {name: read_optional(sweep_dir(results, name) / ROBUST) for name in manifests}  # read before any write
     write_text(out_dir / "table.csv", table.to_csv(index=False))
     header = []  # what every verdict of the table rests on, stated once above it
     if plumbing:
         header.append(f"**No verdicts:** {plumbing}")
     elif adjust != "none":
         header.append(f"**Verdicts {ADJUST_TEXT[adjust]}** at alpha {alpha:g} over each sweep's rows.")
-    write_text(out_dir / "table.md", "".join(f"{line}\n\n" for line in header) + to_markdown(shown))
+    confirmations = {name: read_optional(sweep_dir(results, name) / CONFIRM) for name in sweeps}
+    write_text(out_dir / "table.md", markdown_table(table, margins, header, confirmations))
     caption = (f"{', '.join(sweeps)}: final val_nll and fid_domain per variant, difference to the baseline paired "
                f"by seed with its {level_text(level)} interval and verdict.")
-    write_text(out_dir / "table.tex", to_latex(shown[latex_columns(shown)], caption, f"tab:{'+'.join(sweeps)}"))
+    write_text(out_dir / "table.tex", latex_table(table, margins, caption, f"tab:{'+'.join(sweeps)}", header,
+                                                  confirmations))
     write_text(out_dir / "finals.csv", tidy_finals(runs).to_csv(index=False))
     write_text(out_dir / "curves.csv", curves[RUN_KEYS + ["step", "images_seen", "wall_s", "metric", "value"]]
                .to_csv(index=False))
@@ -404,6 +474,21 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
     write_text(out_dir / "COMMAND", command + "\n")
     report = out_dir / "report.md"
     write_text(report, render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line,
-                                     adaptive, orderings, plumbing, _confirmation(results, sweeps)))
+                                     adaptive, orderings, plumbing, _confirmation(results, sweeps),
+                                     _robustness(robust, out_dir, margins), _time_lines(results, sweeps)))
     return report
+
+
+def _time_lines(results: Path, sweeps: list[str]) -> list[str]:
+    """Where each sweep's wall time went, from its timing.json (experiments/timing_record.py)."""
+    lines = []
+    for name in sweeps:
+        text = describe(read_calls(sweep_dir(results, name)))
+        if text:
+            lines.append(f"`{name}`: {text}")
+    if lines:
+        lines += ["", "Parts are exclusive (a cache built during a run's set-up counts as a cache build); "
+                  "`idle workers` is a worker's time after its last run while others still train, and the "
+                  "sweep's timing.json has every round."]
+    return lines
 

@@ -50,6 +50,7 @@ from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.provenance import write_provenance
 from mirai_lab.runs.state import RunState, set_status
 from mirai_lab.runs.tracking import StepView, TrainingHook
+from mirai_lab.timing import part
 from mirai_lab.training.batches import batch_indices, crop_indices
 from mirai_lab.training.build import build_foresight, model_shape
 from mirai_lab.training.ema import update_ema
@@ -282,7 +283,8 @@ class Trainer:
         Under torchrun only rank 0 evaluates and writes; the other ranks return a short summary
         when training ends (the final evaluation may outlast any collective timeout)."""
         cfg, t = self.cfg, self.cfg.train
-        self.setup()  # bad references (a missing static checkpoint, ...) fail here, before any write
+        with part("setup"):
+            self.setup()  # bad references (a missing static checkpoint, ...) fail here, before any write
         main = self.dist.is_main
         if main:
             config_path = self.dir / CONFIG
@@ -297,9 +299,10 @@ class Trainer:
             hook.on_start(self.step, t.steps)
         try:
             while self.step < t.steps:
-                self.train_step(self.step)
-                self.step += 1
-                self.after_step()
+                with part("train"):
+                    self.train_step(self.step)
+                    self.step += 1
+                    self.after_step()
                 if self.step % t.val_every == 0 or self.step % t.eval_every == 0 or self.step == t.steps:
                     self.log_point(evaluator)
         except Diverged as exc:
@@ -313,14 +316,16 @@ class Trainer:
                     "wall_s": round(self.wall(), 2)}
         # the last curve point scored the same EMA weights on the same data: reuse its val_nll
         known = self.last_val_nll[1] if self.last_val_nll and self.last_val_nll[0] == self.step else None
-        final = evaluator.final(self.ema, self.dir, self.step, val_nll=known)
+        with part("final_eval"):
+            final = evaluator.final(self.ema, self.dir, self.step, val_nll=known)
         final.update({"run_id": self.run_id, "steps": self.step, "wall_s": round(self.wall(), 2),
                       "resumed": resumed, "params": self.model.n_params()})
         last_row = final_curve_row(final)
-        self.curve.add(self.step, self.step * t.batch_size, self.wall(), last_row)
-        self.curve.save(self.dir / CURVE)
-        write_json(self.dir / FINAL, final)
-        set_status(self.dir, RunState.DONE)
+        with part("write"):
+            self.curve.add(self.step, self.step * t.batch_size, self.wall(), last_row)
+            self.curve.save(self.dir / CURVE)
+            write_json(self.dir / FINAL, final)
+            set_status(self.dir, RunState.DONE)
         for hook in self.hooks:
             hook.on_final(self.step, final, last_row)
         return final
@@ -329,7 +334,8 @@ class Trainer:
         """A curve point: training means and val_nll; at eval points also the sample metrics (not at
         the last step: the final evaluation gives them) and a checkpoint, written after the curve."""
         t = self.cfg.train
-        row = self.read_logs()  # on every rank: it averages over them
+        with part("train"):  # the one host read of the interval's device-side sums
+            row = self.read_logs()  # on every rank: it averages over them
         if evaluator is None:
             return
         eval_point = self.step % t.eval_every == 0 or self.step == t.steps
@@ -338,12 +344,14 @@ class Trainer:
                 row[name.replace("align_loss_", "align_cos_")] = -row[name]
         if self.foresight is not None:
             row["lambda_scale"] = self.foresight.heads.scale(self.step - 1)
-        row.update(evaluator.in_training(self.ema, self.step, samples=eval_point and self.step < t.steps))
+        with part("val"):
+            row.update(evaluator.in_training(self.ema, self.step, samples=eval_point and self.step < t.steps))
         self.last_val_nll = (self.step, row["val_nll"])
-        self.curve.add(self.step, self.step * t.batch_size, self.wall(), row)
-        self.curve.save(self.dir / CURVE)
-        if eval_point:
-            save_checkpoint(self.dir, self.checkpoint_state())
+        with part("write"):
+            self.curve.add(self.step, self.step * t.batch_size, self.wall(), row)
+            self.curve.save(self.dir / CURVE)
+            if eval_point:
+                save_checkpoint(self.dir, self.checkpoint_state())
         if self.progress is not None:
             self.progress(self.step, t.steps, row)
         steps = self.read_step_logs()

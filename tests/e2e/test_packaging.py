@@ -1,5 +1,5 @@
 """Sweep names say what a sweep holds; duplicate variants are named; provenance and stale runs;
-tune exports what the user chose; `eval RUN` keeps final.json."""
+`eval RUN` keeps final.json."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 from cli_helpers import run_main
 
-from mirai_lab.config import build_config, read_toml
+from mirai_lab.config import read_toml
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.request import SweepRequest
 from mirai_lab.experiments.spec import axis_spec_path, load_plan, plan_from_spec
 from mirai_lab.experiments.sweep import write_manifest
 from mirai_lab.experiments.sweep_verb import check_name_free, run_sweep
-from mirai_lab.experiments.tune import SOURCES, TuneOptions, export_best
 from mirai_lab.files.atomic import write_json
 from mirai_lab.runs import provenance as prov
 from mirai_lab.runs.identity import COMPUTE_VERSION
@@ -145,23 +144,6 @@ def test_cpu_matrix_extensions_from_cpuinfo():
     assert prov.cpu_matrix_extensions("") == []
     info = prov.provenance(threads=3, precision="bf16")
     assert info["threads"] == 3 and info["precision"] == "bf16" and info["compute_version"] == COMPUTE_VERSION
-
-
-def test_tune_exports_the_choices_not_the_budget_resolution(tmp_path):
-    class Trial:
-        state, value, number, params = __import__("optuna").trial.TrialState.COMPLETE, 1.5, 4, {"coef": 0.7}
-
-    class Study:
-        study_name, trials = "s", [Trial()]
-
-    opts = TuneOptions(source="ema", trials=1, budget="smoke", study="s", base={"train.steps": "24"})
-    text = export_best(Study(), opts, tmp_path).read_text()
-    assert "projector_dim" not in text and "student_block" not in text  # resolved by the budget's model
-    spec = read_toml(tmp_path / "s.toml")
-    assert spec["train"] == {"steps": 24} and spec["budget"] == "smoke"
-    assert spec["foresight"] == {"coef": 0.7, **{k.split(".")[1]: v for k, v in SOURCES["ema"].items()}}
-    quick = build_config(spec, None, "quick")  # the same choices at another budget
-    assert quick.foresight.projector_dim == quick.model.dim and quick.foresight.coef == 0.7
 
 
 def test_reproduce_dry_run_names_its_folder_on_one_line_as_given(tmp_path):

@@ -1,14 +1,13 @@
 """The scale path on CPU: torchrun/DDP equals one process, LlamaGen code folders, DINOv2 feature
-shards (from a fake hub model), Mirai-I on codes, LlamaGen checkpoints as model and static teacher."""
+shards (from the fake hub of mirai_lab/foresight/tiny_llamagen.py), Mirai-I on codes, LlamaGen
+checkpoints as model and static teacher."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,14 @@ from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.files.tensors import load_tensors, save_tensors
 from mirai_lab.foresight.dinov2 import center_crop_arr, crop_views, load_dinov2, prepare_dinov2
 from mirai_lab.foresight.sources import FeatureTableSource, load_gpt_weights
+from mirai_lab.foresight.tiny_llamagen import (
+    GRID,
+    IMAGE_SIZE,
+    N_AUG,
+    N_CLASSES,
+    N_IMAGES,
+    write_tiny_llamagen,
+)
 from mirai_lab.model.gpt import GPT
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.training.build import model_shape
@@ -31,33 +38,6 @@ from mirai_lab.training.trainer import Trainer
 NO_DROPOUT = {"model.token_dropout": 0.0, "model.resid_dropout": 0.0, "model.ffn_dropout": 0.0,
               "model.class_dropout": 0.0}
 DDP_ATOL = 1e-6  # fp32, 4 AdamW steps: measured max difference 1.5e-8 (summation order of the gradient mean)
-
-# A stand-in for facebookresearch/dinov2's hubconf: the same interface (patch_size,
-# forward_features -> x_norm_patchtokens), two-pixel patches, 16 channels.
-FAKE_HUBCONF = '''
-import torch
-from torch import nn
-
-dependencies = ["torch"]
-
-
-class TinyViT(nn.Module):
-    def __init__(self, patch_size=2, embed_dim=16):
-        super().__init__()
-        self.patch_size = patch_size
-        self.patch_embed = nn.Conv2d(3, embed_dim, patch_size, patch_size)
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def forward_features(self, x):
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
-        return {"x_norm_patchtokens": self.norm(tokens)}
-
-
-def tiny_vit(pretrained=True, **kwargs):
-    assert not pretrained, "the test must never ask for a download"
-    return TinyViT(**kwargs)
-'''
-GRID, IMAGE_SIZE, N_AUG, N_IMAGES, N_CLASSES = 4, 16, 10, 12, 3  # 16 px crops -> 4x4 tokens, 8 px for the ViT
 
 
 def curve_values(path: Path, metric: str) -> list[float]:
@@ -138,62 +118,11 @@ def test_paper_budget_is_llamagens_recipe_for_80_epochs():
 
 # --- LlamaGen code folders ----------------------------------------------------------------------------------------
 
-def write_hub(root: Path) -> Path:
-    """A fake DINOv2 hub directory with its state-dict file; returns the weights file."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "hubconf.py").write_text(textwrap.dedent(FAKE_HUBCONF))
-    spec = importlib.util.spec_from_file_location("fake_hubconf", root / "hubconf.py")
-    hubconf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hubconf)
-    torch.manual_seed(0)
-    net = hubconf.TinyViT()
-    weights = root / "tiny_vit.pth"
-    torch.save(net.state_dict(), weights)
-    return weights
-
-
-def write_images(root: Path) -> list[tuple[Path, int]]:
-    """ImageFolder tree of random RGB images of varied sizes; (path, class) in ImageFolder order."""
-    rng = np.random.default_rng(0)
-    out = []
-    for c in range(N_CLASSES):
-        (root / f"class{c}").mkdir(parents=True)
-        for j in range(N_IMAGES // N_CLASSES):
-            h, w = 20 + j, 24 - j
-            path = root / f"class{c}" / f"img{j}.png"
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-            out.append((path, c))
-    return out
-
-
-def fake_tokenize(images: list[tuple[Path, int]], weights: Path, code_path: Path, pad: int = 1) -> Path:
-    """A LlamaGen code folder whose code of a cell is the argmax channel of the fake encoder's
-    feature for that cell and crop, so a target can be matched to its token. `pad` duplicates
-    of the first images mimic a DistributedSampler's padding."""
-    net = load_dinov2(weights, hub=weights.parent, model="tiny_vit")
-    codes_dir, labels_dir = code_path / "imagenet16_codes", code_path / "imagenet16_labels"
-    codes_dir.mkdir(parents=True)
-    labels_dir.mkdir()
-    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-    for i in range(len(images) + pad):
-        path, label = images[i % len(images)]
-        crops = crop_views(Image.open(path).convert("RGB"), IMAGE_SIZE, N_AUG)
-        pixels = torch.stack([torch.from_numpy(np.asarray(c.resize((8, 8), Image.BICUBIC), dtype=np.float32))
-                              .permute(2, 0, 1) / 255 for c in crops])
-        with torch.no_grad():
-            feats = net.forward_features((pixels - mean) / std)["x_norm_patchtokens"]
-        np.save(codes_dir / f"{i}.npy", feats.half().float().argmax(-1)[None].numpy().astype(np.int64))
-        np.save(labels_dir / f"{i}.npy", np.array([label]))
-    return code_path
-
-
 @pytest.fixture(scope="module")
 def llamagen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("llamagen")
-    weights = write_hub(root / "hub")
-    images = write_images(root / "images")
-    codes = fake_tokenize(images, weights, root / "codes")
-    return {"root": root, "weights": weights, "images": root / "images", "codes": codes}
+    folder = write_tiny_llamagen(root)
+    return {"root": root, "weights": folder.weights, "images": folder.images, "codes": folder.codes}
 
 
 def test_crop_order_is_torchvision_ten_crop_of_the_adm_centre_crop():

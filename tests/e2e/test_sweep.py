@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 pytest_plugins = ["pg"]  # the throw-away PostgreSQL fixture
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 # half the smoke budget's batch: these sweeps are checked for which runs exist and what the
-# report holds, not for trained numbers (tune keeps the budget's batch: its pruning depends on them)
+# report holds, not for trained numbers
 FAST = [*SMALL_ARGS, "--set", "train.batch_size=16"]
 
 
@@ -91,20 +91,6 @@ def test_two_workers_through_postgres(warm_results, postgres_url):
         "postgresql://", "postgresql+psycopg2://")).trials
     done = sorted(t.user_attrs["run_id"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert len(done) == 4 and len(set(done)) == 4
-
-
-def test_tune_prunes_and_exports_a_spec_train_accepts(warm_results):
-    root = warm_results
-    out_dir = root / "tuned"
-    proc = cli("tune", "--source", "ema", "--trials", "8", "--budget", "smoke", "--objective", "val_nll",
-               "--set", "train.steps=24", "--set", "train.eval_every=4", *SMALL_ARGS, "--set", "eval.metrics=false",
-               "--out", str(out_dir), "--json", results=root)
-    info = json.loads(proc.out)
-    assert info["trials"] == 8 and info["pruned"] >= 1 and math.isfinite(info["best_value"])
-    spec = Path(info["spec"])
-    assert spec.is_file() and "coef" in spec.read_text()
-    train = cli("train", str(spec), "--json", results=root)
-    assert json.loads(train.out)["run_id"]
 
 
 def test_reproduce_table2_smoke(warm_results):

@@ -9,7 +9,6 @@ import json
 import shutil
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 from cli_helpers import run_main, tiny_spec
@@ -17,9 +16,7 @@ from conftest import TINY
 
 from mirai_lab.analysis.collect import collect
 from mirai_lab.config import build_config
-from mirai_lab.experiments.tune import TuneOptions, objective_fn
 from mirai_lab.files.atomic import write_json
-from mirai_lab.results_dir import run_dir
 from mirai_lab.runs.state import RunState, done_record, set_status
 from mirai_lab.training.run import execute
 
@@ -49,24 +46,6 @@ def test_done_record_reads_only_a_sound_record_of_a_done_run(tmp_path, capsys):
         (tmp_path / "final.json").write_text(damaged)
         assert done_record(tmp_path) is None
         assert "final.json is damaged" in capsys.readouterr().err
-
-
-def test_a_tuner_trial_on_a_damaged_done_run_evaluates_it_again(tmp_path, capsys):
-    opts = TuneOptions(source="ema", trials=1, budget="smoke", study="s", base=TINY,
-                       objective="val_nll")
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    study.optimize(objective_fn(opts, tmp_path), n_trials=1)
-    first = study.trials[0]
-    path = run_dir(tmp_path, first.user_attrs["run_id"])
-    (path / "final.json").write_text('{"val_nll": 2.1')
-    capsys.readouterr()
-    study.enqueue_trial(first.params)
-    study.optimize(objective_fn(opts, tmp_path), n_trials=1)
-    again = study.trials[1]
-    assert again.user_attrs["run_id"] == first.user_attrs["run_id"]
-    assert again.state is optuna.trial.TrialState.COMPLETE and again.value == first.value
-    assert "final.json is damaged" in capsys.readouterr().err
-    assert json.loads((path / "final.json").read_text())["val_nll"] == first.value
 
 
 # ---------------------------------------------------------------- every record file, through the CLI

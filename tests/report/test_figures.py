@@ -10,23 +10,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.image import imread, imsave
+from matplotlib.transforms import Bbox
 
 from mirai_lab.analysis.collect import collect
 from mirai_lab.analysis.stats import COMPARED, LEVEL, MARGINS
 from mirai_lab.report.figures import (
+    DPI,
     INTERVAL_GID,
+    MAX_WIDTH_IN,
     VERDICT_COLOURS,
     forest_figure,
     forest_rows,
+    montage,
     plot_curves,
     plot_differences,
     plot_finals,
     plot_forest,
+    structure_montage_figure,
 )
 from mirai_lab.report.tables import build_table
 from mirai_lab.report.write import write_report
+from mirai_lab.results_dir import STRUCTURE, run_dir
 
 STEPS = [0, 100, 200, 300, 400]
 SEEDS = (0, 1, 2, 3)
@@ -162,3 +170,66 @@ def test_withheld_verdicts_are_drawn_as_no_verdict(results: Path):
     drawn = _drawn_intervals(forest_figure(forest_rows(table, runs), MARGINS, LEVEL))
     assert len(drawn) == len(EFFECTS) * len(COMPARED)
     assert all(colour == pytest.approx(to_rgba(VERDICT_COLOURS["no verdict"])) for colour in drawn["colour"])
+
+
+STRUCTURE_PX = (660, 1200)  # the size of the structure.png evaluate/structure.py writes (rows, columns)
+
+
+def _structure_png(path: Path, k: int) -> np.ndarray:
+    """A structure.png stand-in, read back as the montage reads it: a gradient (green below 255) whose
+    top-left pixel (0, 255, 60 k) occurs nowhere else in a montage (its text is grey, its ground white)."""
+    y, x = np.indices(STRUCTURE_PX)
+    image = np.stack([x % 256, y % 200, np.full(STRUCTURE_PX, 60 * k)], axis=-1).astype(np.uint8)
+    image[0, 0] = (0, 255, 60 * k)
+    imsave(path, image)
+    return imread(path)
+
+
+def _find(drawn: np.ndarray, source: np.ndarray) -> tuple[int, int]:
+    """Where `source` lies in `drawn` pixel for pixel (top-left row, column); fails when not exactly once."""
+    corners = np.argwhere(np.all(drawn[..., :3] == source[0, 0, :3], axis=-1))
+    assert len(corners) == 1, corners
+    top, left = corners[0]
+    crop = drawn[top:top + source.shape[0], left:left + source.shape[1], :3]
+    assert np.array_equal(crop, source[..., :3])
+    return int(top), int(left)
+
+
+def test_the_structure_montage_keeps_each_map_at_its_own_pixels(results: Path, tmp_path: Path):
+    runs, _ = collect(results, ["fig"])
+    order = list(runs["label"].unique())
+    sizes = []
+    sources = []
+    for n in (1, 2, 3):
+        sources.append(_structure_png(run_dir(results, f"{order[n - 1]}-s0") / STRUCTURE, n - 1))
+        out = tmp_path / f"montage-{n}"
+        out.mkdir()
+        assert montage(runs, order, results, STRUCTURE, out) == ["structure.png"]
+        drawn = imread(out / "structure.png")
+        tops = [_find(drawn, source)[0] for source in sources]  # copied 1:1: no resampling, no blur
+        assert tops == sorted(tops)  # one map per row, in the report's order
+        sizes.append(drawn.shape[:2])
+    (h1, w1), (h2, w2), (h3, w3) = sizes
+    assert w1 == w2 == w3 and STRUCTURE_PX[1] < w1 <= MAX_WIDTH_IN * DPI  # readable without zooming
+    assert h3 - h2 == h2 - h1 > STRUCTURE_PX[0]  # each variant adds a row: its map and its label
+
+
+def test_the_structure_montage_labels_every_map_and_cuts_no_text(results: Path, tmp_path: Path):
+    runs, _ = collect(results, ["fig"])
+    runs = runs.assign(structure_block=3)
+    first = runs[runs["seed"] == 0].sort_values("label")
+    panels = [(run.label, run, _structure_png(tmp_path / f"{k}.png", k))
+              for k, run in enumerate(first.itertuples(index=False))]
+    fig = structure_montage_figure(panels)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    texts = [t.get_text() for t in fig.texts]
+    assert texts[1:] == [f"{label}, seed 0, block 3" for label, _, _ in panels]
+    title = texts[0].replace("\n", " ")
+    assert "RGB" in title and "colour bar" in title and "batch mean" not in title
+    page = fig.bbox
+    maps = [Bbox.from_extents(x0, y0, x1, y1) for x0, x1, y0, y1 in (image.get_extent() for image in fig.images)]
+    assert [(m.width, m.height) for m in maps] == [STRUCTURE_PX[::-1]] * len(panels)
+    for text in fig.texts:
+        box = text.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, text
+        assert not any(box.overlaps(m) for m in maps), text
