@@ -349,8 +349,12 @@ def sweep(
                            retry_failed=retry_failed, rerun_stale=rerun_stale, dry_run=dry_run)
     if options is not None and not dry_run:
         out = run_adaptive(request, _root(results_dir), options, as_json=as_json)
+        verdicts = ", ".join(f"{v} {d}" + (f" (needs {out['seeds_needed'][v]} seeds)" if v in out["seeds_needed"]
+                                           and d == "unresolved" else "") for v, d in out["verdicts"].items())
         _emit(out, as_json, f"adaptive sweep {out['name']}: looks at {out['looks']} seeds, intervals at "
-              f"{100 * out['level']:.4g}%; {out['stopped']}")
+              f"{100 * out['level']:.4g}%; {out['stopped']}.\nVerdicts on {out['metric']} at budget "
+              f"{out['budget']}: {verdicts or 'none'}. Next: `mirai-lab report {out['name']}`; "
+              f"`mirai-lab robust {out['name']} --vary budget=standard` checks them at a neighbouring budget.")
         return
     looks = None
     if options is not None:  # a dry run of an adaptive sweep shows its first look and the looks planned after it

@@ -273,7 +273,8 @@ def _run_adaptive(request: SweepRequest, root: Path, options: AdaptiveOptions, a
             break
     save(stopped)
     last = looks[-1]["rows"] if looks else {}
-    return {"name": sweep, "looks": [lk["n"] for lk in looks], "level": design.level, "stopped": stopped,
+    return {"name": sweep, "budget": plan.budget, "metric": metric, "looks": [lk["n"] for lk in looks],
+            "level": design.level, "stopped": stopped,
             "trained": trained, "seeds": seeds,
             "verdicts": {v: r["verdict"] for v, r in last.items()},
             "seeds_needed": {v: r["seeds_needed"] for v, r in last.items() if r["seeds_needed"] is not None}}

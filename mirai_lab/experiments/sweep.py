@@ -137,15 +137,19 @@ def worker_loop(plan: Plan, root: Path, storage_url: str | None, retry_failed: b
     trained = 0
     depends = {r.run_id: r.depends_on for r in plan.runs if r.depends_on}
     while True:
-        with part("claim"):  # waiting for a run held elsewhere (or for a teacher) included
-            claim = queue.claim(wait=True, poll_s=2.0)
-            dep = depends.get(claim.run_id) if claim is not None else None
-            if claim is not None and dep is not None and run_state(run_dir(root, dep)) is not RunState.DONE:
-                claim.release()  # its teacher is still training elsewhere: give it back and wait
-                time.sleep(2.0)
-                continue
+        with part("claim"):
+            claim = queue.claim()
+        if claim is None:  # every run left is held elsewhere: wait, in case a holder dies and its run comes back
+            with part("idle"):
+                claim = queue.claim(wait=True, poll_s=2.0)
         if claim is None:
             break
+        dep = depends.get(claim.run_id)
+        if dep is not None and run_state(run_dir(root, dep)) is not RunState.DONE:
+            claim.release()  # its teacher is still training elsewhere: give it back and wait
+            with part("idle"):
+                time.sleep(2.0)
+            continue
         folder = run_dir(root, claim.run_id)
         claim.fence(folder / CLAIM)
         try:

@@ -266,13 +266,15 @@ def render_report(sweeps: list[str], command: str, manifests: dict[str, dict[str
                   table: pd.DataFrame, figures: list[str], level: float, margins: dict[str, float],
                   level_line: str, adaptive: dict[str, dict[str, Any] | None], orderings: list[str],
                   plumbing: str | None = None, confirmation: list[str] | None = None,
-                  robustness: list[str] | None = None, timing: list[str] | None = None) -> str:
+                  robustness: list[str] | None = None, timing: list[str] | None = None,
+                  robust: dict[str, dict[str, Any] | None] | None = None) -> str:
     readings = [_reading(r, margins) for _, r in table.iterrows() if not r["is_baseline"]]
     has_baseline = table["is_baseline"].sum() > 0
     if not has_baseline:
         readings = ["No baseline in these sweeps: no comparisons."]
     sections = [
         [f"# mirai-lab report: {', '.join(sweeps)}", "", *([f"**No verdicts:** {plumbing}", ""] if plumbing else []),
+         *[f"**Conditions:** {line}\n" for line in ([] if plumbing else conditions(manifests, robust or {}))],
          "Command:", "", "```", command, "```"],
         ["## Sweeps", "", *_sweep_lines(manifests, runs, adaptive)],
         ["## Measurement", "", *_measurement_lines(runs)],
@@ -451,8 +453,10 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
     header = []  # what every verdict of the table rests on, stated once above it
     if plumbing:
         header.append(f"**No verdicts:** {plumbing}")
-    elif adjust != "none":
-        header.append(f"**Verdicts {ADJUST_TEXT[adjust]}** at alpha {alpha:g} over each sweep's rows.")
+    else:
+        header += [f"**Conditions:** {line}" for line in conditions(manifests, robust)]
+        if adjust != "none":
+            header.append(f"**Verdicts {ADJUST_TEXT[adjust]}** at alpha {alpha:g} over each sweep's rows.")
     confirmations = {name: read_optional(sweep_dir(results, name) / CONFIRM) for name in sweeps}
     write_text(out_dir / "table.md", markdown_table(table, margins, header, confirmations))
     caption = (f"{', '.join(sweeps)}: final val_nll and fid_domain per variant, difference to the baseline paired "
@@ -475,8 +479,31 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
     report = out_dir / "report.md"
     write_text(report, render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line,
                                      adaptive, orderings, plumbing, _confirmation(results, sweeps),
-                                     _robustness(robust, out_dir, margins), _time_lines(results, sweeps)))
+                                     _robustness(robust, out_dir, margins), _time_lines(results, sweeps), robust))
     return report
+
+
+def conditions(manifests: dict[str, dict[str, Any]], robust: dict[str, dict[str, Any] | None]) -> list[str]:
+    """Per sweep, what its verdicts rest on: the training setting they were found at, and whether they
+    were checked at a neighbouring one (experiments/robust.py) or how to check them."""
+    lines = []
+    for name, m in manifests.items():
+        if not m.get("baseline"):
+            continue  # no comparison, no verdict to qualify
+        cfg = next((r.get("config") for r in m.get("runs", []) if r.get("config")), None)
+        seeds = m.get("seeds") or []
+        where = f"budget `{m.get('budget', 'n/a')}`"
+        if cfg:
+            t = cfg["train"]
+            where += (f" ({t['steps']} steps, batch {t['batch_size']}, lr {t['lr']:g} {t['lr_schedule']}, "
+                      f"{t['precision']})")
+        record = robust.get(name) or {}
+        checked = [s["name"] for s in record.get("settings", [])]
+        check = (f"checked at {', '.join(f'`{c}`' for c in checked)} (section Robustness)" if checked else
+                 f"not checked at a neighbouring setting (`mirai-lab robust {name} --vary budget=standard`)")
+        span = f"seeds {min(seeds)}-{max(seeds)}" if seeds else "its seeds"
+        lines.append(f"`{name}`: verdicts hold at {where} on {span}; {check}.")
+    return lines
 
 
 def _time_lines(results: Path, sweeps: list[str]) -> list[str]:
@@ -488,7 +515,7 @@ def _time_lines(results: Path, sweeps: list[str]) -> list[str]:
             lines.append(f"`{name}`: {text}")
     if lines:
         lines += ["", "Parts are exclusive (a cache built during a run's set-up counts as a cache build); "
-                  "`idle workers` is a worker's time after its last run while others still train, and the "
-                  "sweep's timing.json has every round."]
+                  "`idle workers` is a worker's time with no run to take while others still train (the end of "
+                  "a round, a teacher run not yet done), and the sweep's timing.json has every round."]
     return lines
 

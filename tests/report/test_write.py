@@ -169,7 +169,10 @@ def test_write_report_end_to_end(results: Path):
     assert table.loc["output-1d", ["speedup_fid_domain_reached", "speedup_fid_domain_n"]].tolist() == [0, 1]
 
     md = (out / "table.md").read_text()  # the verdicts only (tests/report/test_tables.py); the rest is in table.csv
-    assert md.splitlines()[0] == ("| variant | n | Δ val_nll [95% CI] | verdict val_nll | Δ fid_domain [95% CI] | "
+    conditions, blank, header = md.splitlines()[:3]  # what the verdicts rest on, stated above the table
+    assert conditions.startswith("**Conditions:** `") and "verdicts hold at budget `" in conditions and blank == ""
+    assert "not checked at a neighbouring setting (`mirai-lab robust " in conditions
+    assert header == ("| variant | n | Δ val_nll [95% CI] | verdict val_nll | Δ fid_domain [95% CI] | "
                                   "verdict fid_domain | speed-up val_nll | speed-up fid_domain |")
     assert "| output-1d | 1/2, 1 failed |" in md and "not reached (0/1)" in md
     assert "(n=1, no CI)" in md and "nan" not in md.lower()
