@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,19 +33,34 @@ from rich.progress import Progress
 
 from mirai_lab.bench.llamagen import LLAMAGEN_DIR, llamagen_step
 from mirai_lab.bench.steps import CODE_PRESETS, Stepper, build_trainer, device_sync, step_config_overrides
-from mirai_lab.bench.timing import SECTIONS, gpu_bf16_peak, interleaved_samples, paired_ratio, train_flops
+from mirai_lab.bench.timing import (
+    SECTIONS,
+    ForesightWork,
+    gpu_bf16_peak,
+    interleaved_samples,
+    largest_matmul,
+    paired_ratio,
+    step_flops,
+    train_flops,
+)
+from mirai_lab.config import build_config
 from mirai_lab.errors import UserError
 from mirai_lab.evaluate.evaluator import Evaluator
 from mirai_lab.files.atomic import write_text
 from mirai_lab.foresight.fit import configure
-from mirai_lab.model.gpt import GPT
+from mirai_lab.foresight.sources import TeacherSource
+from mirai_lab.model.gpt import GPT, GPTShape
 from mirai_lab.model.sample import sample_tokens
 from mirai_lab.results_dir import cache_dir
 from mirai_lab.runs.provenance import cpu_matrix_extensions, provenance
-from mirai_lab.training.precision import auto_precision, matmul_flops
+from mirai_lab.training.precision import EMULATED_BELOW, auto_precision, matmul_flops
 from mirai_lab.training.trainer import Trainer
 
 CPU_ONLY = ("eval", "sweep")  # a standard run's evaluation share and the smoke sweep are CPU figures
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# a measured step ratio within this fraction of its arithmetic ratio reads as "at the baseline's
+# FLOP rate": the paired ratios of one bench move by about this much from run to run
+AT_ARITHMETIC = 0.03
 
 
 @dataclass
@@ -96,8 +114,8 @@ class Report:
         return path
 
 
-def environment_lines() -> list[str]:
-    env = provenance()
+def environment_lines(threads: int) -> list[str]:
+    env = provenance(threads)
     keys = ("version", "commit", "python", "torch", "cpu", "cores", "threads", "cuda", "platform")
     ext = cpu_matrix_extensions()
     return [f"- {k}: {env[k]}" for k in keys if env.get(k) is not None] + [
@@ -109,6 +127,61 @@ def default_batch(preset: str, batch: int) -> int:
     return batch or (256 if preset in CODE_PRESETS else 64)
 
 
+def step_threads(overrides: dict[str, Any]) -> int:
+    """The thread count the bench's trainers step under, by the Trainer's rule: train.threads,
+    else every core (Trainer.__init__); the train section reads it back from the trainers."""
+    return build_config(None, overrides).train.threads or os.cpu_count() or 1
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def threads_text(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
+def foresight_work(trainer: Trainer) -> ForesightWork | None:
+    """The extra work of a trainer's foresight objective, read from the modules it built."""
+    fs = trainer.foresight
+    if fs is None:
+        return None
+    heads, teacher = fs.heads, fs.source if isinstance(fs.source, TeacherSource) else None
+    return ForesightWork(heads.k, heads.p, heads.d_out, teacher.teacher.shape if teacher else None,
+                         teacher.block if teacher else 0)
+
+
+def peak_cell(fraction: float, emulated: bool) -> str:
+    """A "% of peak" cell: a step cannot outrun the big-matmul peak measured at its own thread
+    count, so a fraction above 1 is timing noise (a peak read while the machine was busier),
+    and a rate of emulated bf16 has no peak worth a fraction."""
+    if emulated:
+        return "emulated"
+    if fraction > 1:
+        return "> peak: timing noise"
+    return f"{100 * fraction:.0f}%"
+
+
+def arithmetic_reading(variant: str, measured: float, arithmetic: float, tolerance: float = AT_ARITHMETIC) -> str:
+    """One line setting a measured step ratio against its FLOP ratio: at, below or above the
+    arithmetic, i.e. the variant's FLOP rate against the baseline step's."""
+    rate = arithmetic / measured  # the variant's FLOP rate over the baseline step's
+    if abs(rate - 1) <= tolerance:
+        verdict = "at the baseline's FLOP rate"
+    elif rate > 1:
+        verdict = f"below the arithmetic: {rate:.2f}x the baseline's FLOP rate"
+    else:
+        verdict = f"above the arithmetic: {rate:.2f}x the baseline's FLOP rate"
+    return f"{variant} {measured:.3f}x measured, {arithmetic:.2f}x arithmetic: {verdict}"
+
+
 class Bench:
     def __init__(self, o: BenchOptions, progress: Progress) -> None:
         self.o = o
@@ -116,27 +189,42 @@ class Bench:
         self.sync = device_sync(self.device)
         self.progress = progress
         self.peak: dict[str, float] = {}
+        self.peak_threads = 0  # the thread count self.peak was measured under
         self.trainers: dict[str, Trainer] = {}  # first preset's trainers, for the inference section
         self.report = Report(o.out, ["# mirai-lab benchmarks", "", f"Command: `{o.command}`; medians of {o.repeats} "
                                      "interleaved rounds, ratios are medians of per-round ratios.", "",
-                                     "## Environment", "", *environment_lines(), ""])
+                                     "## Environment", "", *environment_lines(step_threads(o.overrides)), ""])
         self.report.flush()
 
     # -- sections ------------------------------------------------------------------------
-    def peak_section(self) -> None:
-        n = 8192 if self.device.type == "cuda" else 1024
-        self.peak = {"fp32": matmul_flops(torch.float32, self.device, n), "bf16": matmul_flops(torch.bfloat16,
-                                                                                                  self.device, n)}
-        lines = [f"## Peak matmul ({n}^3, measured)", "", "| dtype | GFLOP/s |", "|---|---|"]
-        lines += [f"| {k} | {v / 1e9:,.1f} |" for k, v in self.peak.items()]
+    def peak_section(self, threads: int | None = None) -> None:
+        """Matmul peaks per dtype, measured at the thread count the training steps run under
+        (`threads`, else the Trainer's rule for the bench's config) so that "% of peak" compares
+        like with like."""
+        cuda = self.device.type == "cuda"
+        n = self.peak_n()
+        threads = threads or step_threads(self.o.overrides)
+        with torch_threads(threads):
+            self.peak = {k: matmul_flops(dtype, self.device, n) for k, dtype in DTYPES.items()}
+        self.peak_threads = threads
+        lines = [f"## Peak matmul ({n}^3, measured" + ("" if cuda else f", {threads_text(threads)}") + ")", "",
+                 "| dtype | GFLOP/s |", "|---|---|"]
+        note = " (emulated: under half the fp32 rate)"
+        lines += [f"| {k} | {v / 1e9:,.1f}{note if self.emulated(k) else ''} |" for k, v in self.peak.items()]
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name()
             sheet = gpu_bf16_peak(name)
             lines += ["", f"- {name}: data-sheet dense bf16 peak "
                       + (f"{sheet / 1e12:,.0f} TFLOP/s" if sheet else "not in the bench's table")
                       + " (TF32 is on for fp32 matmuls)"]
-        rows = [{"section": "peak", "dtype": k, "gflops": v / 1e9} for k, v in self.peak.items()]
+        rows = [{"section": "peak", "dtype": k, "gflops": v / 1e9, "n": n, "threads": threads,
+                 "emulated": self.emulated(k)} for k, v in self.peak.items()]
         self.report.add(lines + [""], rows)
+
+    def emulated(self, precision: str) -> bool:
+        """bf16 without bf16 units, by the rule of `train.precision = auto`'s probe: a matmul rate
+        below EMULATED_BELOW of fp32's."""
+        return precision == "bf16" and self.peak["bf16"] < EMULATED_BELOW * self.peak["fp32"]
 
     def variants(self, preset: str, first: bool) -> list[tuple[str, str]]:
         if self.device.type == "cuda":
@@ -149,8 +237,6 @@ class Bench:
 
     def train_section(self) -> None:
         o = self.o
-        if not self.peak:  # the table's "% of peak" and MFU columns need it
-            self.peak_section()
         ref = "baseline|bf16" if self.device.type == "cuda" else "baseline|fp32"
         for preset in o.presets:
             first = preset == o.presets[0]
@@ -160,6 +246,11 @@ class Bench:
                         for v, p in self.variants(preset, first)}
             if first:
                 self.trainers = {k.split("|")[0]: t for k, t in trainers.items() if k.endswith("|fp32")}
+            some = next(iter(trainers.values()))
+            batch = some.cfg.train.batch_size  # what the steps take: a --set train.batch_size wins over --batch
+            threads = some.threads
+            if threads != self.peak_threads:  # "% of peak" and MFU need a peak at the steps' thread count
+                self.peak_section(threads)
             self.progress.update(task, description=f"train {preset}: {len(trainers)} variants interleaved")
             inner = 3 if o.quick else 5
             samples = interleaved_samples({k: Stepper(t) for k, t in trainers.items()}, warmup=3,
@@ -173,37 +264,76 @@ class Bench:
                     ref: str) -> tuple[list[str], list[dict[str, Any]]]:
         cuda = self.device.type == "cuda"
         shape = next(iter(trainers.values())).shape
-        flops = train_flops(shape, batch)
+        base_flops = train_flops(shape, batch)
+        flops = {k: step_flops(shape, batch, foresight_work(t)) for k, t in trainers.items()}
         sheet = gpu_bf16_peak(torch.cuda.get_device_name()) if cuda else None
-        head = (f"## Training step: {preset}, batch {batch}, {shape.n_tokens} tokens", "",
+        head = [f"## Training step: {preset}, batch {batch}, {shape.n_tokens} tokens", "",
                 "`plain` is the baseline in plain eager code (torch.nn.Dropout masks); `baseline` is the trainer's "
-                "path; FLOPs are the GPT's (6 N T + attention), the same for every variant.", "")
+                "path. FLOPs are each variant's own: the GPT's (6 N T + attention), plus the teacher's forward to "
+                "its block and the projectors' forward + backward for Mirai-E/I; `arithmetic x baseline` is their "
+                "ratio to the baseline's FLOPs.", ""]
+        rows: list[dict[str, Any]] = []
         cols = "| variant | precision | step ms | tokens/s | x " + ref.replace("|", " ") + " (paired) | "
-        cols += "TFLOP/s | MFU (data sheet) | MFU (measured bf16 matmul) |" if cuda else \
-            "GFLOP/s | % of peak (same dtype) |"
-        lines, rows = [*head, cols, cols_rule(cols)], []
+        cols += "arithmetic x baseline | "
+        if cuda:
+            cols += "TFLOP/s | MFU (data sheet) | MFU (measured bf16 matmul) |"
+        else:
+            head += self.step_peak_lines(preset, batch, shape, {k.split("|")[1] for k in samples}, rows)
+            cols += f"GFLOP/s | % of peak ({self.peak_n()}^3, same dtype, {threads_text(self.peak_threads)}) |"
+        lines = [*head, cols, cols_rule(cols)]
         for key, secs in samples.items():
             variant, precision = key.split("|")
             sec = statistics.median(secs)
             ratio = paired_ratio(samples, key, ref)
-            achieved = flops / sec
+            achieved = flops[key] / sec
             row = {"section": "train", "preset": preset, "variant": variant, "precision": precision, "batch": batch,
                    "step_ms": sec * 1e3, "tokens_per_s": batch * shape.n_tokens / sec, "ratio": ratio,
-                   "reference": ref, "gflops": achieved / 1e9}
+                   "reference": ref, "flops": flops[key], "arithmetic": flops[key] / base_flops,
+                   "gflops": achieved / 1e9}
             if cuda:
                 row |= {"mfu_sheet": achieved / sheet if sheet else None, "mfu_measured": achieved / self.peak["bf16"]}
                 sheet_txt = f"{100 * row['mfu_sheet']:.1f}%" if sheet else "n/a"
                 tail = f"{achieved / 1e12:.1f} | {sheet_txt} | {100 * row['mfu_measured']:.1f}% |"
             else:
-                row["peak_fraction"] = achieved / self.peak[precision]
-                tail = f"{achieved / 1e9:.1f} | {100 * row['peak_fraction']:.0f}% |"
+                row |= {"peak_fraction": achieved / self.peak[precision], "peak_threads": self.peak_threads,
+                        "peak_cell": peak_cell(achieved / self.peak[precision], self.emulated(precision))}
+                tail = f"{achieved / 1e9:.1f} | {row['peak_cell']} |"
             rows.append(row)
             lines.append(f"| {variant} | {precision} | {sec * 1e3:.1f} | {row['tokens_per_s']:,.0f} | {ratio:.3f} | "
-                         + tail)
-        summary = [f"{v} {paired_ratio(samples, k, ref):.3f}x" for k in samples if (v := k.split('|')[0]) != "baseline"
-                   and k.split("|")[1] == ref.split("|")[1]]
-        lines += ["", f"- {preset}: step time x the {ref.replace('|', ' ')} step: " + ", ".join(summary), ""]
-        return lines, rows
+                         f"{row['arithmetic']:.2f} | " + tail)
+        readings = [arithmetic_reading(v, paired_ratio(samples, k, ref), flops[k] / base_flops) for k in samples
+                    if (v := k.split("|")[0]) != "baseline" and k.split("|")[1] == ref.split("|")[1]]
+        lines += ["", f"- {preset}: step time x the {ref.replace('|', ' ')} step against the FLOP ratio:"]
+        lines += [f"  - {r}" for r in readings]
+        return lines + [""], rows
+
+    def peak_n(self) -> int:
+        return 8192 if self.device.type == "cuda" else 1024
+
+    def step_peak_lines(self, preset: str, batch: int, shape: GPTShape, precisions: set[str],
+                        rows: list[dict[str, Any]]) -> list[str]:
+        """The peaks a step's "% of peak" stands against: the big-matmul peak, and a matmul the
+        size of the step's widest one, both at the steps' thread count; small matmuls cannot
+        reach the big-matmul peak, so the second shows how much of the gap is size alone."""
+        mkn = largest_matmul(shape, batch)
+        size = " x ".join(map(str, mkn))
+        dtypes = [p for p in DTYPES if p in precisions]
+        big, sized = [], []
+        for precision in dtypes:
+            big.append(f"{self.peak[precision] / 1e9:,.1f}" + (" (emulated)" if self.emulated(precision) else ""))
+            if self.emulated(precision):
+                sized.append("emulated")
+                continue
+            with torch_threads(self.peak_threads):
+                rate = matmul_flops(DTYPES[precision], self.device, mkn=mkn)
+            rows.append({"section": "step_peak", "preset": preset, "dtype": precision, "m": mkn[0], "k": mkn[1],
+                         "n": mkn[2], "threads": self.peak_threads, "gflops": rate / 1e9})
+            sized.append(f"{rate / 1e9:,.1f}")
+        cols = f"| matmul, {threads_text(self.peak_threads)} | " + " | ".join(f"{p} GFLOP/s" for p in dtypes) + " |"
+        return [f"Matmul peaks at the steps' thread count: `% of peak` is against {self.peak_n()}^3; {size} is the "
+                "step's widest matmul (batch x tokens by dim by the widest of 3 dim, ffn_hidden and the vocabulary), "
+                "which a step's smaller matmuls cannot outrun either.", "", cols, cols_rule(cols),
+                f"| {self.peak_n()}^3 | " + " | ".join(big) + " |", f"| {size} | " + " | ".join(sized) + " |", ""]
 
     def auto_lines(self, preset: str, batch: int) -> tuple[list[str], list[dict[str, Any]]]:
         """What train.precision = auto resolves to for this preset's baseline (cached in the results dir)."""

@@ -32,14 +32,14 @@ from mirai_lab.runs.state import RunState
 
 MEASURED_ON = ("a 2-core AMD EPYC with AVX-512 and AVX512-BF16 (no AMX), fp32, one thread per run, "
                "two runs at once")
-# Wall seconds of one run of the budget's default length on MEASURED_ON, and where the figure
-# comes from. quick: 70-80 s per run measured there, the upper end kept (the same runs took a median 122-136 s on
-# the earlier AVX2-only machine: results/table1 and table2 finals.csv, wall_s). paper runs on GPUs:
-# no CPU figure, its estimate needs finished runs.
+# Worker-seconds per run of the budget's default length on MEASURED_ON (a sweep's wall time x its
+# workers / its runs: start-up, claiming and idle tails included), and where the figure comes from.
+# quick: the layout axis sweep (results/axis-layout/README.md). paper runs on GPUs: no CPU figure,
+# its estimate needs finished runs.
 SECONDS_PER_RUN: dict[str, tuple[float, str]] = {
     "smoke": (3.0, "measured"),
-    "quick": (80.0, "measured"),
-    "standard": (80.0 * (1000 * 64) / (320 * 32), "not measured: quick's figure x its 6.25x images seen"),
+    "quick": (100.0, "measured"),
+    "standard": (100.0 * (1000 * 64) / (320 * 32), "not measured: quick's figure x its 6.25x images seen"),
 }
 
 

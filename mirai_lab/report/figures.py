@@ -519,8 +519,8 @@ def plot_differences(curves: pd.DataFrame, table: pd.DataFrame, order: Sequence[
         for ax in cells[len(ps):]:
             ax.set_axis_off()
         cells[0].set_ylabel(f"Δ {metric} (< 0: better)", fontsize=8)
-    fig.suptitle(f"variant - {base_label} over steps: thin = one seed, thick = mean, band {level_text(level)} CI, "
-                 "grey = ± margin; colour = the table's verdict", fontsize=8)
+    fig.suptitle(f"variant - {base_label} over steps\nthin = one seed, thick = mean, band {level_text(level)} CI,\n"
+                 "grey = ± margin; colour = the table's verdict", fontsize=8)  # lines short enough for 2 panels
     fig.supxlabel("optimizer step", fontsize=8)
     return save_figure(fig, out_dir, "differences")
 

@@ -191,8 +191,19 @@ def format_interval(mean: float, lo: float, hi: float, n: int, paired: bool | No
         return NA
     if n == 1:
         return f"{signed(mean, places)} (n=1, no CI)"
-    return (f"{signed(mean, places)} [{signed(lo, places)}, {signed(hi, places)}]"
+    return (f"{signed(mean, places)} [{endpoint(lo, places)}, {endpoint(hi, places)}]"
             + (" (unpaired)" if unpaired(paired) else ""))
+
+
+def endpoint(value: float, places: int | None) -> str:
+    """An interval's end: as `signed`, but one that is not 0 and rounds to 0 at `places` gets the
+    decimals that show its first digit (`-0.002`), so an interval that ends just short of zero never
+    reads as one that touches it."""
+    if places is not None and value != 0:
+        while float(f"{value:.{places}f}") == 0 and places < 12:
+            places += 1
+        return f"{value:+.{places}f}"
+    return signed(value, places)
 
 
 def unpaired(paired: object) -> bool:

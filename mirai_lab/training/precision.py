@@ -78,10 +78,12 @@ def synchronize(device: torch.device) -> None:
 
 
 def matmul_flops(dtype: torch.dtype, device: torch.device = torch.device("cpu"), n: int = 1024,
-                 repeats: int = 3) -> float:
-    """Best-of-`repeats` FLOP/s of one n x n x n matmul in `dtype` (the bench's peak, the probe's rate)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+                 repeats: int = 3, mkn: tuple[int, int, int] | None = None) -> float:
+    """Best-of-`repeats` FLOP/s of one n x n x n matmul in `dtype` (the bench's peak, the probe's
+    rate), or of one (m, k) @ (k, n) matmul when `mkn` is given (the bench's step-sized peak)."""
+    m, k, n = mkn or (n, n, n)
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
     a @ b
     synchronize(device)
     best = float("inf")
@@ -90,7 +92,7 @@ def matmul_flops(dtype: torch.dtype, device: torch.device = torch.device("cpu"),
         a @ b
         synchronize(device)
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * m * k * n / best
 
 
 def forced() -> str | None:

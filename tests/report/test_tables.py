@@ -145,3 +145,10 @@ def test_a_table_without_baseline_shows_the_values(table: pd.DataFrame):
         ["| A | 5/5 | 2.109 ± 0.020 |", "| B | 5/5 | 2.055 ± 0.020 |", "| C | 4/5, 1 failed | n/a |"]
     tex = latex_table(rows, MARGINS, "s.", "tab:s")
     assert r"variant & $n$ & val\_nll \\" in tex and r"A & 5 & 2.109 $\pm$ 0.020 \\" in tex
+
+
+def test_an_interval_end_just_short_of_zero_keeps_its_sign_and_first_digit():
+    from mirai_lab.report.tables import format_interval
+    assert format_interval(-0.278, -0.554, -0.0023, 5, places=2) == "-0.28 [-0.55, -0.002]"
+    assert format_interval(0.3, 0.0004, 0.6, 5, places=2) == "+0.30 [+0.0004, +0.60]"
+    assert format_interval(0.3, 0.0, 0.6, 5, places=2) == "+0.30 [+0.00, +0.60]"
