@@ -47,11 +47,11 @@ class CallTiming:
     @contextmanager
     def round_here(self) -> Iterator[None]:
         """A round whose runs this process trains itself: its parts are this process's ledger."""
-        with self._round() as parts:
+        with self._round() as measured:
             yield
-        self.rounds.append({"wall_s": parts["wall"], "workers": 1,
-                            "worker_s": {**parts["ledger"], "other": parts["ledger"].get("other", 0.0) + max(
-                                0.0, parts["wall"] - sum(parts["ledger"].values()))}})
+        parts = measured["ledger"]
+        parts["other"] = max(0.0, measured["wall"] - sum(parts.values()))  # what no part of the round claims
+        self.rounds.append({"wall_s": measured["wall"], "workers": 1, "worker_s": parts})
 
     @contextmanager
     def round_of_workers(self, log_dir: Path, workers: int) -> Iterator[float]:

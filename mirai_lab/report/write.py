@@ -326,11 +326,10 @@ def plumbing_reason(results: Path, manifests: dict[str, dict[str, Any]], runs: p
     return None
 
 
-def _confirmation(results: Path, sweeps: list[str]) -> list[str]:
+def _confirmation(confirmations: dict[str, dict[str, Any]]) -> list[str]:
     """The confirmation lines of the sweeps that have one (experiments/confirm.py writes confirm.json)."""
     lines: list[str] = []
-    for name in sweeps:
-        record = read_optional(sweep_dir(results, name) / CONFIRM)
+    for name, record in confirmations.items():
         if record.get("seeds"):
             lines += [f"`{name}`:", *confirmation_lines(record)]
     return lines
@@ -478,7 +477,7 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
     write_text(out_dir / "COMMAND", command + "\n")
     report = out_dir / "report.md"
     write_text(report, render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line,
-                                     adaptive, orderings, plumbing, _confirmation(results, sweeps),
+                                     adaptive, orderings, plumbing, _confirmation(confirmations),
                                      _robustness(robust, out_dir, margins), _time_lines(results, sweeps), robust))
     return report
 

@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from finished_sweep import write_finished_sweep, write_run
 
-from mirai_lab.config import build_config
 from mirai_lab.errors import UserError
 from mirai_lab.experiments import confirm
 from mirai_lab.experiments.spec import CONFIRMATION_SEEDS, plan_from_spec
 from mirai_lab.report.write import write_report
-from mirai_lab.runs.identity import run_id_of
 
 # first-look per-seed val_nll: "good" is clearly better, "flat" equals the baseline within 0.001
 BASE = {0: 2.00, 1: 2.03, 2: 1.98}
@@ -20,32 +19,13 @@ FIRST = {"good": {s: v - 0.10 + 0.002 * s for s, v in BASE.items()},
          "flat": {s: v + 0.0005 * (-1) ** s for s, v in BASE.items()}}
 
 
-def _write_run(root: Path, run_id: str, cfg: dict, value: float) -> None:
-    path = root / "runs" / run_id
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps(cfg))
-    (path / "status.json").write_text(json.dumps({"state": "done"}))
-    (path / "final.json").write_text(json.dumps({"val_nll": value, "steps": 4}))
-
-
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
-    root = tmp_path / "results"
-    runs = []
-    for variant, values in {"baseline": BASE, **FIRST}.items():
-        for seed, value in values.items():
-            k = 3 if variant == "good" else 1
-            over = {} if variant == "baseline" else {"foresight.source": "ema", "foresight.k": k}
-            cfg = build_config(None, {"data.dataset": "synthetic", "train.seed": seed, **over})
-            run_id = run_id_of(cfg)
-            _write_run(root, run_id, cfg.to_dict(), value)
-            runs.append({"run_id": run_id, "variant": variant, "seed": seed, "overrides": over,
-                         "config": cfg.to_dict(), "depends_on": None})
-    (root / "sweeps" / "s").mkdir(parents=True)
-    (root / "sweeps" / "s" / "manifest.json").write_text(json.dumps(
-        {"name": "s", "budget": "quick", "seeds": [0, 1, 2], "axes": ["v"], "baseline": "baseline",
-         "command": "c", "runs": runs}))
-    return root
+    def overrides(variant: str) -> dict:
+        k = 3 if variant == "good" else 1
+        return {} if variant == "baseline" else {"foresight.source": "ema", "foresight.k": k}
+
+    return write_finished_sweep(tmp_path / "results", {"baseline": BASE, **FIRST}, overrides)
 
 
 def _fresh(shift: float, spread: float):
@@ -56,7 +36,7 @@ def _fresh(shift: float, spread: float):
         for run in plan.runs:
             base = 2.0 + 0.01 * (run.seed % 7)
             value = base if run.variant == "baseline" else base + shift + spread * (-1) ** run.seed
-            _write_run(root, run.run_id, run.cfg.to_dict(), value)
+            write_run(root, run.run_id, run.cfg.to_dict(), value)
         (root / "sweeps" / plan.name).mkdir(parents=True, exist_ok=True)
         (root / "sweeps" / plan.name / "manifest.json").write_text(json.dumps(
             {"name": plan.name, "budget": plan.budget, "seeds": plan.seeds, "axes": plan.axes,

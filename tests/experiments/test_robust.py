@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import entries, refused, run_main, tiny_spec
+from finished_sweep import write_finished_sweep, write_run
 from matplotlib.colors import to_rgba
 
 from mirai_lab.config import RunConfig, build_config, flatten
@@ -17,7 +18,6 @@ from mirai_lab.experiments.robust import parse_vary, summarize
 from mirai_lab.files.digest import content_hash
 from mirai_lab.report.figures import VERDICT_COLOURS, robustness_figure, robustness_points
 from mirai_lab.report.write import write_report
-from mirai_lab.runs.identity import run_id_of
 
 # first-look per-seed val_nll: "good" is clearly better, "flat" is unresolved (too noisy)
 BASE = {0: 2.00, 1: 2.03, 2: 1.98}
@@ -31,32 +31,13 @@ def _changes(before: RunConfig, after: RunConfig) -> dict[str, tuple]:
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-def _write_run(root: Path, run_id: str, cfg: dict, value: float) -> None:
-    path = root / "runs" / run_id
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps(cfg))
-    (path / "status.json").write_text(json.dumps({"state": "done"}))
-    (path / "final.json").write_text(json.dumps({"val_nll": value, "steps": 4}))
-
-
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
     """A finished sweep `s` at quick: a baseline, a resolved row (good) and an unresolved one (flat)."""
-    root = tmp_path / "results"
-    runs = []
-    for variant, values in {"baseline": BASE, **FIRST}.items():
-        for seed, value in values.items():
-            over = {} if variant == "baseline" else {**EMA, "foresight.k": 3 if variant == "good" else 1}
-            cfg = build_config(None, {"data.dataset": "synthetic", "train.seed": seed, **over}, "quick")
-            run_id = run_id_of(cfg)
-            _write_run(root, run_id, cfg.to_dict(), value)
-            runs.append({"run_id": run_id, "variant": variant, "seed": seed, "overrides": over,
-                         "config": cfg.to_dict(), "depends_on": None})
-    (root / "sweeps" / "s").mkdir(parents=True)
-    (root / "sweeps" / "s" / "manifest.json").write_text(json.dumps(
-        {"name": "s", "budget": "quick", "seeds": [0, 1, 2], "axes": ["v"], "baseline": "baseline",
-         "command": "c", "runs": runs}))
-    return root
+    def overrides(variant: str) -> dict:
+        return {} if variant == "baseline" else {**EMA, "foresight.k": 3 if variant == "good" else 1}
+
+    return write_finished_sweep(tmp_path / "results", {"baseline": BASE, **FIRST}, overrides, "quick")
 
 
 # ---------------------------------------------------------------- the settings
@@ -149,7 +130,7 @@ def _at_settings(effects: dict[str, float]):
             value = {"baseline": base, "good": base + shift + 0.002 * (-1) ** run.seed,
                      "flat": base + 0.2 * (-1) ** run.seed}[run.variant]
             if not (root / "runs" / run.run_id).exists():
-                _write_run(root, run.run_id, run.cfg.to_dict(), value)
+                write_run(root, run.run_id, run.cfg.to_dict(), value)
         (root / "sweeps" / plan.name).mkdir(parents=True, exist_ok=True)
         (root / "sweeps" / plan.name / "manifest.json").write_text(json.dumps(
             {"name": plan.name, "budget": plan.budget, "seeds": plan.seeds, "axes": plan.axes,
