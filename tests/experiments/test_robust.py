@@ -64,7 +64,7 @@ def test_quick_to_standard_resets_what_quick_set():
     assert _changes(cfg, standard.apply(cfg)) == {
         "budget": ("quick", "standard"), "train.steps": (320, 1000), "train.batch_size": (32, 64),
         "train.lr": (0.002, 0.001), "train.lr_schedule": ("constant", "cosine"), "train.warmup_steps": (40, 50),
-        "train.eval_every": (80, 200), "train.val_every": (40, 50),
+        "train.eval_every": (80, 200), "train.val_every": (80, 50),
         # quick's dropouts off, back to the schema's default: standard sets none
         "model.token_dropout": (0.0, 0.1), "model.resid_dropout": (0.0, 0.1), "model.ffn_dropout": (0.0, 0.1)}
 
