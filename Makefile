@@ -36,9 +36,13 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mirai-lab train --budget quick
 
-# refreshes the committed benchmarks/ (plain `mirai-lab bench` writes under <results>/bench)
+# refreshes the committed benchmarks/ (plain `mirai-lab bench` writes under <results>/bench):
+# the step a run trains (cpu-s, one thread per run) against a one-thread peak, and the
+# evaluation share; BENCH_ARGS adds options (e.g. BENCH_ARGS="--sections peak,train,sampling")
 bench: $(STAMP)
-	$(BIN)/mirai-lab bench --out benchmarks
+	$(BIN)/mirai-lab bench --out benchmarks --presets cpu-s --quick --sections peak,train,eval --repeats 5 \
+		--set train.threads=1 --results-dir $(RESULTS) $(BENCH_ARGS)
+	$(BIN)/python benchmarks/seed_batch.py --out benchmarks/seed_batch.md
 
 # the installable package, specs included (tests/test_wheel.py installs and runs one)
 wheel: $(STAMP)
