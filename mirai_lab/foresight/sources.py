@@ -37,7 +37,9 @@ class TeacherSource(TargetSource):
         self.block = block
         self.dim = teacher.shape.dim
 
-    @torch.inference_mode()  # cheaper than no_grad (no version counters); the targets are constants
+    # no_grad, not inference_mode: a compiled step (train.compile) saves its inputs for the
+    # backward, and inference tensors cannot be saved; the targets are constants either way
+    @torch.no_grad()
     def targets(self, tokens: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                 crop: torch.Tensor | None = None) -> torch.Tensor:
         """The residual stream after `block` at the positions that have read a cell (1..N); the

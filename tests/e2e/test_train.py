@@ -306,3 +306,26 @@ def test_the_entry_point_refuses_bad_input_with_exit_2(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: unknown config key 'train.stepz'"), proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_compiled_mirai_e_step_equals_the_eager_step(tmp_path, tiny_overrides, monkeypatch):
+    """train.compile with the online EMA teacher: the teacher's targets enter the compiled step,
+    which saves its inputs for the backward (inference-mode tensors could not be saved). AOT
+    autograd's partitioner is where that rule bites; this backend runs it without inductor's
+    code generation, so the test stays quick."""
+    import functools
+
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager_decomp_partition"))
+    ema = {**tiny_overrides, "foresight.source": "ema", "foresight.k": 3, "foresight.coef": 5.0}
+    trainers = [Trainer(build_config(None, {**ema, "train.compile": compiled}), tmp_path / str(compiled))
+                for compiled in (False, True)]
+    for tr in trainers:
+        tr.setup()
+        for step in range(2):
+            tr.train_step(step)
+    for name, p in trainers[0].model.named_parameters():
+        torch.testing.assert_close(dict(trainers[1].model.named_parameters())[name], p, rtol=1e-4, atol=1e-6)
+    torch._dynamo.reset()
