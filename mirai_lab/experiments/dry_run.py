@@ -34,12 +34,14 @@ MEASURED_ON = ("a 2-core AMD EPYC with AVX-512 and AVX512-BF16 (no AMX), fp32, o
                "two runs at once")
 # Worker-seconds per run of the budget's default length on MEASURED_ON (a sweep's wall time x its
 # workers / its runs: start-up, claiming and idle tails included), and where the figure comes from.
-# quick: the layout axis sweep (results/axis-layout/README.md). paper runs on GPUs: no CPU figure,
-# its estimate needs finished runs.
+# quick: table2 with val_nll every 80 steps, 40 runs in 30.2 min on 2 workers (results/table2/
+# README.md). standard: quick's figure scaled by the images seen; the standard runs of
+# results/axis-layout took 520 s each alone. paper runs on GPUs: no CPU figure, its estimate
+# needs finished runs.
 SECONDS_PER_RUN: dict[str, tuple[float, str]] = {
     "smoke": (3.0, "measured"),
-    "quick": (100.0, "measured"),
-    "standard": (100.0 * (1000 * 64) / (320 * 32), "not measured: quick's figure x its 6.25x images seen"),
+    "quick": (91.0, "measured"),
+    "standard": (91.0 * (1000 * 64) / (320 * 32), "quick's figure x its 6.25x images seen"),
 }
 
 

@@ -66,7 +66,7 @@ def test_the_human_dry_run_says_the_looks_and_the_minutes(tmp_path):
                     str(tmp_path / "results")], tmp_path)
     assert ran.code == 0, ran.err
     said = " ".join(ran.err.split())
-    assert "9 run(s) to train x 100 s per run (quick constant" in said and "/ 2 worker(s) = about 7.5 min" in said
+    assert "9 run(s) to train x 91 s per run (quick constant" in said and "/ 2 worker(s) = about 6.8 min" in said
     assert "looks at 3, 5, 7, 9 seeds" in said and "at most 27 run(s) to train in all" in said
     assert "past 40 min" in said and "budget quick, 3 seed(s) (the first look)" in " ".join(ran.out.split())
 
@@ -84,7 +84,7 @@ def test_the_estimate_comes_from_finished_runs_when_there_are_some(tmp_path):
 def test_a_fixed_seed_dry_run_has_no_looks_and_scales_the_constant_with_the_steps(tmp_path):
     out = dry_run(tmp_path, "--axis", "k", "--seeds", "2", "--set", "train.steps=640")
     assert "adaptive" not in out and out["seeds"] == [0, 1] and out["budget"] == "quick"
-    assert out["estimate"]["seconds_per_run"] == pytest.approx(200.0) and "scaled" in out["estimate"]["source"]
+    assert out["estimate"]["seconds_per_run"] == pytest.approx(182.0) and "scaled" in out["estimate"]["source"]
 
 
 def test_an_adaptive_dry_run_accepts_its_own_later_rounds_and_refuses_another_sweep(tmp_path):
