@@ -50,7 +50,11 @@ def block_plan(name: str, budget: str, variants: Mapping[str, dict[str, Any]], s
 
 
 def train_block(plan: Plan, root: Path, *, workers: int, command: str, quiet: bool) -> None:
-    """Train what is missing of the block (a run already done, by a trial or an earlier study, is reused)."""
+    """Train what is missing of the block (a run already done, by a trial or an earlier study, is reused).
+
+    A block's sweep name belongs to its study, and the block is planned again from the study
+    each time (a study with more trials rescores other top trials), so its manifest is
+    rewritten rather than guarded like a user's sweep name (sweep_verb.check_name_free)."""
     execute_plan(plan, SweepRequest(spec=Path(plan.name), command=command, workers=workers), root, as_json=quiet)
 
 
