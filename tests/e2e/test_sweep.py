@@ -101,7 +101,7 @@ def test_reproduce_table2_smoke(warm_results):
     cli("reproduce", "table2", "--budget", "smoke", "--seeds", "2", *FAST, results=root)
     assert [p.name for p in (root / "table2").iterdir()] == ["report.md"]  # another budget: another folder
     assert (root / "table2" / "report.md").read_text() == "the committed report"
-    (folder,) = root.glob("table2-smoke-set*")  # seeds=2 is the spec's own: not in the name
+    (folder,) = root.glob("table2-smoke-s2-set*")  # 2 seeds are not the spec's own 3: in the name
     for name in ("table.md", "table.csv", "table.tex", "report.md", "COMMAND", "environment.json", "curves.png"):
         assert (folder / name).is_file(), name
     table = pd.read_csv(folder / "table.csv")
