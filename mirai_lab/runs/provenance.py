@@ -62,8 +62,15 @@ def package_version(name: str = "mirai-lab") -> str:
         return "unknown"
 
 
+CODE_PATHS = ("mirai_lab", "pyproject.toml")  # what a run's computation and a report's making rest on
+
+
 def git_state(folder: Path = PACKAGE_DIR) -> dict[str, Any]:
-    """{"commit", "dirty"} of the repository holding the code, or {} outside one (a wheel)."""
+    """{"commit", "dirty"} of the repository holding the code, or {} outside one (a wheel).
+
+    "dirty" means the code differs from the commit: tracked files of the package or the build
+    changed. Result files are left out (CODE_PATHS), so a report that rewrites a committed
+    results folder does not mark the runs trained after it."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True,
                               timeout=10).stdout.strip()
@@ -72,7 +79,9 @@ def git_state(folder: Path = PACKAGE_DIR) -> dict[str, Any]:
         top = Path(git("rev-parse", "--show-toplevel"))
         if not (top / "pyproject.toml").is_file() or PACKAGE_DIR.parent.resolve() != top.resolve():
             return {}  # an installed copy that happens to sit inside some other repository
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--",
+                                     *(f":(top){p}" for p in CODE_PATHS)))}
     except (OSError, subprocess.SubprocessError):
         return {}
 

@@ -153,3 +153,29 @@ def test_run_ids_are_pinned_at_this_compute_version():
     assert run_id_of(build_config(None, {"data.dataset": "synthetic"})) == "c2071bbb8baf"
     off = build_config(None, {"data.dataset": "synthetic", "eval.metrics_in_training": False})
     assert run_id_of(off) != "c2071bbb8baf"
+
+
+def test_dirty_means_the_code_changed_not_a_results_file(tmp_path, monkeypatch):
+    """A report rewriting a committed results folder must not mark the runs trained after it as
+    made by uncommitted code; a changed package file must."""
+    import subprocess
+
+    from mirai_lab.runs import provenance
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "mirai_lab").mkdir()
+    (tmp_path / "results").mkdir()
+    for name, text in (("pyproject.toml", "[project]\n"), ("mirai_lab/code.py", "x = 1\n"),
+                       ("results/table.md", "a\n")):
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", tmp_path / "mirai_lab")
+    assert provenance.git_state(tmp_path / "mirai_lab")["dirty"] is False
+    (tmp_path / "results" / "table.md").write_text("b\n")
+    assert provenance.git_state(tmp_path / "mirai_lab")["dirty"] is False
+    (tmp_path / "mirai_lab" / "code.py").write_text("x = 2\n")
+    assert provenance.git_state(tmp_path / "mirai_lab")["dirty"] is True
