@@ -29,6 +29,7 @@ from mirai_lab.report.figures import (
     plot_robustness,
 )
 from mirai_lab.report.orderings import check_orderings
+from mirai_lab.report.records import copy_records
 from mirai_lab.report.tables import (
     METRICS,
     build_table,
@@ -426,7 +427,8 @@ def check_one_precision(results: Path, runs: pd.DataFrame) -> None:
 
 
 def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, adjust: str = "none") -> Path:
-    """Write table.{md,csv,tex}, finals.csv, curves.csv, the figures, COMMAND and report.md into out_dir.
+    """Write table.{md,csv,tex}, finals.csv, curves.csv, the figures, COMMAND, the sweeps' records
+    (report/records.py) and report.md into out_dir.
 
     Inputs are read and checked before anything is written, so a bad sweep name (or a bad
     ordering in the spec) leaves out_dir untouched; each file is then written atomically.
@@ -475,6 +477,7 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
                *montage(runs, order, results, SAMPLES, out_dir),
                *montage(runs, order, results, STRUCTURE, out_dir)]
     write_text(out_dir / "COMMAND", command + "\n")
+    copy_records(results, sweeps, out_dir)
     report = out_dir / "report.md"
     write_text(report, render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line,
                                      adaptive, orderings, plumbing, _confirmation(confirmations),
