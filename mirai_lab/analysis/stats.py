@@ -355,6 +355,15 @@ def by_seed(frame: pd.DataFrame, column: str) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(frame["seed"], values, strict=True) if np.isfinite(v)}
 
 
+def difference_to_baseline(rows: pd.DataFrame, base: pd.DataFrame | None, metric: str,
+                           level: float = LEVEL) -> Difference | None:
+    """A row's finished runs minus the baseline's on `metric`, paired by seed: the one difference
+    every table, look, confirmation and seed plan judges (None without a baseline or values)."""
+    if base is None:
+        return None
+    return paired_difference(by_seed(rows, metric), by_seed(base, metric), level)
+
+
 def curves_by_seed(curves: pd.DataFrame, label: str, metric: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{seed: (steps, values)} of one variant's finished curves of `metric`, sorted by step."""
     sel = curves[(curves["label"] == label) & (curves["metric"] == metric) & (curves["state"] == "done")]

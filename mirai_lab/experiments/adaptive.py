@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from mirai_lab.analysis.collect import adaptive_path, collect, done, load_adaptive
-from mirai_lab.analysis.stats import COMPARED, Verdict, by_seed, paired_difference, seeds_to_resolve, verdict
+from mirai_lab.analysis.stats import COMPARED, Verdict, difference_to_baseline, seeds_to_resolve, verdict
 from mirai_lab.config import parse_set
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.request import SweepRequest
@@ -152,13 +152,12 @@ def look(finished: pd.DataFrame, variants: list[str], design: Design, baseline: 
     """Each variant's difference on the design's metric at its level, from the finished runs of its
     first seeds[variant] seeds (the look's own: a resumed sweep's manifest may list later rounds too)."""
     finished = finished[finished["seed"] < finished["variant"].map(seeds).fillna(0)]
-    base = by_seed(finished[finished["variant"] == baseline], design.metric)
+    base = finished[finished["variant"] == baseline]
     rows = {}
     for variant in variants:
         if variant == baseline:
             continue
-        diff = paired_difference(by_seed(finished[finished["variant"] == variant], design.metric), base,
-                                 design.level)
+        diff = difference_to_baseline(finished[finished["variant"] == variant], base, design.metric, design.level)
         found = verdict(diff, COMPARED[design.metric], design.margin)
         need = seeds_to_resolve(diff, design.margin) if found is Verdict.UNRESOLVED else None
         rows[variant] = {"n": diff.n if diff else 0, "mean": diff.mean if diff else None,

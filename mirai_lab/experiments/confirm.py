@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mirai_lab.analysis.collect import collect, done
-from mirai_lab.analysis.stats import LEVEL, by_seed, paired_difference, verdict
+from mirai_lab.analysis.stats import LEVEL, difference_to_baseline, verdict
 from mirai_lab.config import RunConfig, config_from_dict
 from mirai_lab.errors import UserError
 from mirai_lab.experiments.request import SweepRequest
@@ -50,9 +50,7 @@ def first_look(runs: pd.DataFrame, baseline: str, level: float) -> dict[str, dic
         rows = finished[finished["variant"] == variant]
         out[variant] = {}
         for metric, lower in COMPARED.items():
-            if metric not in rows or metric not in base:
-                continue
-            diff = paired_difference(by_seed(rows, metric), by_seed(base, metric), level)
+            diff = difference_to_baseline(rows, base, metric, level)
             if diff is None:
                 continue
             out[variant][metric] = {"mean": diff.mean, "lo": diff.lo, "hi": diff.hi, "n": diff.n,

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mirai_lab.analysis.collect import collect, done, load_adaptive
-from mirai_lab.analysis.stats import COMPARED, LEVEL, by_seed, paired_difference
+from mirai_lab.analysis.stats import COMPARED, LEVEL, by_seed, difference_to_baseline
 from mirai_lab.errors import UserError
 from mirai_lab.metrics import VAL_NLL
 from mirai_lab.report.tables import NA, level_text, to_markdown
@@ -44,10 +44,11 @@ def plan_seeds(results: Path, sweep: str, halfwidth: float, metric: str = VAL_NL
     walls = np.asarray(finished.get("wall_s", []), dtype=float)
     walls = walls[np.isfinite(walls)]
     wall = float(np.median(walls)) if walls.size else math.nan
-    base_values = by_seed(finished[finished["variant"] == baseline], metric)
+    base_runs = finished[finished["variant"] == baseline]
+    base_values = by_seed(base_runs, metric)
     rows = []
     for variant in dict.fromkeys(runs.loc[~runs["is_baseline"], "variant"]):
-        diff = paired_difference(by_seed(finished[finished["variant"] == variant], metric), base_values, level)
+        diff = difference_to_baseline(finished[finished["variant"] == variant], base_runs, metric, level)
         n = diff.n if diff else 0
         needed = diff.seeds_for(halfwidth) if diff and diff.n >= 2 else None
         extra = max(0, needed - n) if needed is not None else None

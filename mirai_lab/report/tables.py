@@ -27,7 +27,7 @@ from mirai_lab.analysis.stats import (
     adjusted_verdicts,
     by_seed,
     curves_by_seed,
-    paired_difference,
+    difference_to_baseline,
     seeds_to_resolve,
     speedup,
     verdict,
@@ -44,13 +44,6 @@ def _stat_columns(finished: pd.DataFrame, metric: str) -> dict[str, float]:
     return {f"{metric}_mean": values.mean() if len(values) else np.nan,
             f"{metric}_std": values.std(ddof=1) if len(values) > 1 else np.nan,
             f"{metric}_n": len(values)}
-
-
-def _difference(finished: pd.DataFrame, base_done: pd.DataFrame | None, metric: str, level: float
-                ) -> Difference | None:
-    if base_done is None:
-        return None
-    return paired_difference(by_seed(finished, metric), by_seed(base_done, metric), level)
 
 
 def _delta_columns(diff: Difference | None, compared: bool, metric: str, margin: float | None,
@@ -111,7 +104,7 @@ def build_table(runs: pd.DataFrame, curves: pd.DataFrame, level: float, margins:
             row.update(_stat_columns(finished, metric))
         base_done = done(in_sweep) if base_label is not None and not is_baseline else None
         for metric in COMPARED:
-            diffs[len(rows), metric] = diff = _difference(finished, base_done, metric, level)
+            diffs[len(rows), metric] = diff = difference_to_baseline(finished, base_done, metric, level)
             row.update(_delta_columns(diff, base_done is not None, metric, margins.get(metric)))
             row.update(_speedup_columns(curves, label, base_label, metric, level))
         if withheld:

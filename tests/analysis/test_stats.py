@@ -12,6 +12,7 @@ from scipy import stats
 from mirai_lab.analysis.stats import (
     Verdict,
     curve_difference,
+    difference_to_baseline,
     minimum_detectable_effect,
     paired_difference,
     seeds_needed,
@@ -240,3 +241,13 @@ def test_adjustment_with_adaptive_looks_uses_the_looks_level():
         d = Difference(-mean, 0.02, 5, level, True)
         found = adjusted_verdicts([d], True, None, 0.05, "holm")[0]
         assert (found is Verdict.BETTER) == (d.hi < 0) == (p_value(d) * 4 <= 0.05)
+
+
+def test_difference_to_baseline_pairs_by_seed_and_skips_missing_values():
+    rows = pd.DataFrame({"seed": [0, 1, 2], "val_nll": [1.0, 2.5, float("nan")]})
+    base = pd.DataFrame({"seed": [2, 1, 0], "val_nll": [9.0, 2.0, 2.0]})
+    diff = difference_to_baseline(rows, base, "val_nll", 0.95)
+    # seed 2 has no variant value: pairs (1.0-2.0, 2.5-2.0) = (-1.0, +0.5)
+    assert (diff.n, diff.mean, diff.sd, diff.paired) == (2, -0.25, pytest.approx(math.sqrt(1.125)), True)
+    assert difference_to_baseline(rows, None, "val_nll") is None
+    assert difference_to_baseline(rows, base, "fid_domain") is None
