@@ -54,9 +54,13 @@ from mirai_lab.runs.state import RunState, set_status
 from mirai_lab.training.precision import auto_precision
 from mirai_lab.training.trainer import Diverged, Trainer
 
+# Every run of a study measures its sample metrics at the final evaluation only: the pruner reads the
+# dense val_nll and the objective the final value, so samples drawn at the points between would be
+# paid for and never read (the table specs do the same; --set eval.metrics_in_training=true restores them).
+STUDY_BASE = {"eval.metrics_in_training": False}
 SOURCES = {
-    "ema": {"foresight.source": "ema", "foresight.k": 3, "foresight.layout": "2d"},
-    "bidirectional": {"foresight.source": "bidirectional", "foresight.encoder": "mtm", "foresight.k": 1},
+    "ema": {**STUDY_BASE, "foresight.source": "ema", "foresight.k": 3, "foresight.layout": "2d"},
+    "bidirectional": {**STUDY_BASE, "foresight.source": "bidirectional", "foresight.encoder": "mtm", "foresight.k": 1},
 }
 # what --source is not: mtp heads predict future tokens and read no teacher (foresight.source = none)
 NOT_SOURCES = {"mtp": "mtp is an injection level (foresight.injection=mtp: token-prediction heads that read no "
@@ -259,9 +263,13 @@ def open_study(opts: TuneOptions, root: Path) -> optuna.Study:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, studies_dir(root) / f"{opts.study}.journal")
-    return optuna.create_study(study_name=opts.study, storage=storage, direction="minimize",
-                               pruner=make_pruner(opts.pruner), load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=0))
+    study = optuna.create_study(study_name=opts.study, storage=storage, direction="minimize",
+                                pruner=make_pruner(opts.pruner), load_if_exists=True)
+    # A sampler's random state lives in its process, not in the storage: seeded alike in every
+    # process, a resumed study would draw its first trials' parameters again. Seeding by the number
+    # of trials already stored keeps a new study reproducible and a resumed one from repeating.
+    study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
+    return study
 
 
 def check_settings(study: optuna.Study, opts: TuneOptions) -> None:

@@ -22,15 +22,20 @@ from mirai_lab.config import build_config, read_toml
 from mirai_lab.experiments import tune, tune_study
 from mirai_lab.experiments.spec import CONFIRMATION_SEEDS, plan_from_spec
 from mirai_lab.experiments.tune import (
+    COEF_RANGE,
     PairedObjective,
     TuneOptions,
+    baseline_overrides,
     default_params,
     make_pruner,
+    open_study,
     pruning_point,
     suggest,
+    trial_overrides,
 )
 from mirai_lab.experiments.tune_blocks import BASELINE, block_plan, paired_mean
 from mirai_lab.experiments.tune_export import export
+from mirai_lab.foresight.fit import configure
 from mirai_lab.results_dir import run_dir
 from mirai_lab.runs.state import RunState, run_state
 from mirai_lab.training.run import execute
@@ -271,7 +276,8 @@ def test_the_export_holds_the_choices_not_the_budget_resolution(tmp_path):
     table = read_toml(spec)
     assert table["experiment"] == {"name": "s", "description": table["experiment"]["description"],
                                    "budget": "smoke", "seeds": 2, "baseline": "baseline"}
-    assert table["base"] == {"train": {"steps": 24}, "foresight": {"source": "ema", "k": 3, "layout": "2d"}}
+    assert table["base"] == {"train": {"steps": 24}, "foresight": {"source": "ema", "k": 3, "layout": "2d"},
+                             "eval": {"metrics_in_training": False}}
     assert table["axes"]["variant"] == {"baseline": {"baseline": True}, "default": {"foresight": {"coef": 2.0}},
                                         "tuned": {"foresight": {"coef": 0.7}}}
     plan = plan_from_spec(table, str(spec), budget="quick")  # the same choices at another budget
@@ -341,3 +347,26 @@ def test_a_trial_on_a_damaged_done_run_evaluates_it_again(tmp_path, capsys):
     assert again.state is optuna.trial.TrialState.COMPLETE and again.value == first.value
     assert "final.json is damaged" in capsys.readouterr().err
     assert _final(tmp_path, run_id) == trained
+
+
+def test_study_runs_measure_samples_only_at_the_end_unless_set():
+    opts = TuneOptions(source="ema", trials=1, budget="quick", study="s")
+    assert trial_overrides(opts, {"coef": 1.0})["eval.metrics_in_training"] is False
+    assert baseline_overrides(opts) == {"eval.metrics_in_training": False}
+    mine = TuneOptions(source="bidirectional", trials=1, budget="quick", study="s",
+                       base={"eval.metrics_in_training": True})
+    assert trial_overrides(mine, {"coef": 1.0})["eval.metrics_in_training"] is True
+    assert configure(None, baseline_overrides(mine), "quick").eval.metrics_in_training is True
+
+
+def test_a_resumed_study_does_not_draw_its_first_parameters_again(tmp_path):
+    opts = TuneOptions(source="ema", trials=3, budget="smoke", study="resume")
+    drawn = []
+    for trials in (3, 3):  # two processes' worth: the second opens the stored study afresh
+        study = open_study(opts, tmp_path)
+        study.optimize(lambda t: drawn.append(t.suggest_float("coef", *COEF_RANGE, log=True)) or 0.0,
+                       n_trials=trials)
+    assert len(drawn) == 6 and len(set(drawn)) == 6
+    fresh = open_study(TuneOptions(source="ema", trials=3, budget="smoke", study="again"), tmp_path)
+    fresh.optimize(lambda t: t.suggest_float("coef", *COEF_RANGE, log=True), n_trials=3)
+    assert [t.params["coef"] for t in fresh.trials] == drawn[:3]  # a new study is reproducible
