@@ -81,22 +81,45 @@ def confirmation_plan(manifest: dict[str, Any], variants: list[str], seeds: list
                       change: Callable[[RunConfig], RunConfig] | None = None, budget: str | None = None) -> Plan:
     """The baseline and `variants` on `seeds`, from the configs the sweep recorded (its first seed's),
     each passed through `change` when given (a robustness setting: experiments/robust.py), under
-    `budget` (default: the sweep's)."""
-    runs = []
-    for variant in [manifest["baseline"], *variants]:
-        recorded = next((r for r in manifest["runs"] if r["variant"] == variant), None)
-        if recorded is None or "config" not in recorded:
+    `budget` (default: the sweep's).
+
+    A row with a static teacher (a variant that reads another variant's finished checkpoint, such
+    as table3's `@baseline`) reads, on each new seed, that variant's run of the same seed and
+    setting: the teacher is part of the row, so it is made anew with it, never borrowed from the
+    first look's seeds."""
+    wanted = [manifest["baseline"], *variants]
+    recorded = {}
+    for variant in wanted:
+        found = next((r for r in manifest["runs"] if r["variant"] == variant), None)
+        if found is None or "config" not in found:
             raise UserError(f"sweep {manifest['name']!r} records no config for {variant!r}: plan it again with "
                             "`mirai-lab sweep` (its manifest predates recorded configs)")
-        if recorded.get("depends_on"):
-            raise UserError(f"variant {variant!r} reads another run's checkpoint (a static teacher): train it "
-                            "again with a sweep of its own")
-        template = config_from_dict(copy.deepcopy(recorded["config"]))
+        recorded[variant] = found
+    teachers = {}  # variant -> the variant whose checkpoint it reads
+    for variant, found in recorded.items():
+        if found.get("depends_on"):
+            teacher = next((r["variant"] for r in manifest["runs"] if r["run_id"] == found["depends_on"]), None)
+            if teacher not in recorded or recorded[teacher].get("depends_on"):
+                raise UserError(f"variant {variant!r} reads the checkpoint of {teacher or 'a run outside the sweep'!r}"
+                                ", which is not the baseline or a row being trained again: confirm them together")
+            teachers[variant] = teacher
+    ids: dict[tuple[str, int], str] = {}
+    runs = []
+    for variant in sorted(wanted, key=lambda v: v in teachers):  # teachers' runs get their ids first
+        template = config_from_dict(copy.deepcopy(recorded[variant]["config"]))
         if change is not None:
             template = change(template)
         for seed in seeds:
             cfg = dataclasses.replace(template, train=dataclasses.replace(template.train, seed=seed))
-            runs.append(PlannedRun(run_id_of(cfg), variant, seed, recorded.get("overrides", {}), cfg))
+            teacher = ids.get((teachers[variant], seed)) if variant in teachers else None
+            if teacher is not None:
+                cfg = dataclasses.replace(cfg, foresight=dataclasses.replace(cfg.foresight,
+                                                                             static_checkpoint=teacher))
+            ids[variant, seed] = run_id_of(cfg)
+            runs.append(PlannedRun(ids[variant, seed], variant, seed, recorded[variant].get("overrides", {}), cfg,
+                                   teacher))
+    order = {v: i for i, v in enumerate(wanted)}
+    runs.sort(key=lambda r: order[r.variant])  # stable: the rows in the sweep's order, seeds in theirs
     return Plan(name, budget or manifest["budget"], seeds, list(manifest["axes"]), manifest["baseline"], runs,
                 manifest.get("paper"), {})
 

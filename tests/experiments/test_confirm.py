@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -93,3 +94,44 @@ def test_confirm_on_a_missing_sweep_is_one_error_line(tmp_path: Path):
 
     line = refused(["confirm", "nosuch", "--results-dir", str(tmp_path / "r")], tmp_path)
     assert "no sweep 'nosuch'" in line
+
+
+def _static_teacher(sweep: Path, teacher: str) -> dict:
+    """The manifest of `sweep` with 'good' reading the checkpoint of `teacher`'s run of its seed."""
+    path = sweep / "sweeps" / "s" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    ids = {(r["variant"], r["seed"]): r["run_id"] for r in manifest["runs"]}
+    for run in manifest["runs"]:
+        if run["variant"] == "good":
+            run["depends_on"] = ids[teacher, run["seed"]]
+            run["config"]["foresight"].update(source="static", static_checkpoint=run["depends_on"])
+    path.write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_a_static_teacher_row_reads_the_baseline_of_its_own_seed_and_setting(sweep: Path):
+    manifest = _static_teacher(sweep, "baseline")
+    seeds = [CONFIRMATION_SEEDS, CONFIRMATION_SEEDS + 1]
+    recorded_lr = next(r for r in manifest["runs"] if r["variant"] == "baseline")["config"]["train"]["lr"]
+
+    def faster(cfg):  # a robustness setting: lr x1.5 on every run
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.lr * 1.5))
+
+    for change in (None, faster):
+        plan = confirm.confirmation_plan(manifest, ["good"], seeds, "x", change=change)
+        assert [(r.variant, r.seed) for r in plan.runs] == [(v, s) for v in ("baseline", "good") for s in seeds]
+        base = {r.seed: r for r in plan.runs if r.variant == "baseline"}
+        for run in (r for r in plan.runs if r.variant == "good"):
+            assert run.depends_on == base[run.seed].run_id == run.cfg.foresight.static_checkpoint
+            assert run.cfg.train.lr == base[run.seed].cfg.train.lr
+        assert len({r.run_id for r in plan.runs}) == 4
+        if change is not None:  # the teacher is the baseline trained at the new setting
+            assert base[seeds[0]].cfg.train.lr == pytest.approx(1.5 * recorded_lr)
+
+
+def test_a_static_teacher_outside_the_confirmed_rows_is_refused(sweep: Path):
+    manifest = _static_teacher(sweep, "flat")
+    with pytest.raises(UserError, match="reads the checkpoint of 'flat'"):
+        confirm.confirmation_plan(manifest, ["good"], [CONFIRMATION_SEEDS], "x")
+    assert [r.variant for r in confirm.confirmation_plan(manifest, ["flat", "good"], [7], "x").runs] == \
+        ["baseline", "flat", "good"]
