@@ -10,8 +10,8 @@ and where the time went. They live under <results>/sweeps/<name>/, which is not 
     <out>/robust-<setting>/{manifest,timing}.json             each neighbouring-setting sweep
 
 (with several sweeps, each goes under <out>/<sweep>/). The records name the results directory
-in the commands they keep; its absolute path is written as the user gave it, so a copied
-record carries no path of the machine that made it.
+in the commands they keep; its absolute path is written as the user gave it, here and in
+report.md, so a report folder carries no path of the machine that made it.
 """
 
 from __future__ import annotations
@@ -40,23 +40,27 @@ def follow_ups(results: Path, sweep: str) -> dict[str, str]:
     return found
 
 
-def _copy(source: Path, target: Path, absolute: str, given: str) -> None:
+def as_given(text: str, results: Path) -> str:
+    """`text` with the results directory's absolute path written as the user gave it."""
+    return text.replace(str(Path(results).resolve()), str(results))
+
+
+def _copy(source: Path, target: Path, results: Path) -> None:
     if source.is_file():
-        write_text(target, source.read_text().replace(absolute, given))
+        write_text(target, as_given(source.read_text(), results))
 
 
 def copy_records(results: Path, sweeps: list[str], out_dir: Path) -> list[Path]:
     """Copy each sweep's records (and its follow-up sweeps' manifests and timings) into out_dir;
     returns the folders written. A record a sweep does not have is skipped."""
     results, out_dir = Path(results), Path(out_dir)
-    absolute, given = str(results.resolve()), str(results)
     written = []
     for sweep in sweeps:
         home = out_dir if len(sweeps) == 1 else out_dir / safe_name(sweep, "sweep name")
         for name in OWN:
-            _copy(sweep_dir(results, sweep) / name, home / name, absolute, given)
+            _copy(sweep_dir(results, sweep) / name, home / name, results)
         for folder, follow_up in follow_ups(results, sweep).items():
             for name in FOLLOW_UP:
-                _copy(sweep_dir(results, follow_up) / name, home / folder / name, absolute, given)
+                _copy(sweep_dir(results, follow_up) / name, home / folder / name, results)
         written.append(home)
     return written

@@ -29,7 +29,7 @@ from mirai_lab.report.figures import (
     plot_robustness,
 )
 from mirai_lab.report.orderings import check_orderings
-from mirai_lab.report.records import copy_records
+from mirai_lab.report.records import as_given, copy_records
 from mirai_lab.report.tables import (
     METRICS,
     build_table,
@@ -479,9 +479,10 @@ def write_report(results: Path, sweeps: list[str], out_dir: Path, command: str, 
     write_text(out_dir / "COMMAND", command + "\n")
     copy_records(results, sweeps, out_dir)
     report = out_dir / "report.md"
-    write_text(report, render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line,
-                                     adaptive, orderings, plumbing, _confirmation(confirmations),
-                                     _robustness(robust, out_dir, margins), _time_lines(results, sweeps), robust))
+    text = render_report(sweeps, command, manifests, runs, table, figures, level, margins, level_line, adaptive,
+                         orderings, plumbing, _confirmation(confirmations), _robustness(robust, out_dir, margins),
+                         _time_lines(results, sweeps), robust)
+    write_text(report, as_given(text, results))
     return report
 
 

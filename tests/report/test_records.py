@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mirai_lab.report.records import copy_records, follow_ups
+from mirai_lab.report.records import as_given, copy_records, follow_ups
 
 
 def _sweep(results: Path, name: str, files: dict[str, object]) -> None:
@@ -47,3 +47,9 @@ def test_no_follow_up_when_nothing_was_confirmed_and_several_sweeps_get_a_folder
     assert copy_records(results, ["a", "b"], out) == [out / "a", out / "b"]
     assert sorted(p.name for p in (out / "a").iterdir()) == ["confirm.json", "manifest.json"]
     assert [p.name for p in (out / "b").iterdir()] == ["manifest.json"]
+
+
+def test_as_given_writes_the_absolute_results_path_as_the_user_gave_it(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = f"`mirai-lab sweep --results-dir {tmp_path / 'res'}` and {tmp_path / 'other'}"
+    assert as_given(text, Path("res")) == f"`mirai-lab sweep --results-dir res` and {tmp_path / 'other'}"
