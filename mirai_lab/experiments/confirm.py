@@ -111,13 +111,13 @@ def confirmation_plan(manifest: dict[str, Any], variants: list[str], seeds: list
             template = change(template)
         for seed in seeds:
             cfg = dataclasses.replace(template, train=dataclasses.replace(template.train, seed=seed))
-            teacher = ids.get((teachers[variant], seed)) if variant in teachers else None
-            if teacher is not None:
+            teacher_run = ids[teachers[variant], seed] if variant in teachers else None
+            if teacher_run is not None:
                 cfg = dataclasses.replace(cfg, foresight=dataclasses.replace(cfg.foresight,
-                                                                             static_checkpoint=teacher))
+                                                                             static_checkpoint=teacher_run))
             ids[variant, seed] = run_id_of(cfg)
             runs.append(PlannedRun(ids[variant, seed], variant, seed, recorded[variant].get("overrides", {}), cfg,
-                                   teacher))
+                                   teacher_run))
     order = {v: i for i, v in enumerate(wanted)}
     runs.sort(key=lambda r: order[r.variant])  # stable: the rows in the sweep's order, seeds in theirs
     return Plan(name, budget or manifest["budget"], seeds, list(manifest["axes"]), manifest["baseline"], runs,
