@@ -373,9 +373,10 @@ def tune(
     trials: Annotated[int, typer.Option(min=1, max=MAX_TRIALS, help="Total trials in the study, the first the "
                                                                      "default coefficient.")] = 20,
     budget: Annotated[str, typer.Option(help="Run length of every run.")] = "quick",
-    objective: Annotated[str, typer.Option(help="fid_domain | val_nll: the trial's final value minus the "
-                                                "baseline's, paired by seed and averaged over --seeds.")]
-    = "fid_domain",
+    objective: Annotated[str, typer.Option(help="val_nll | fid_domain: the trial's final value minus the "
+                                                "baseline's, paired by seed and averaged over --seeds "
+                                                "(val_nll: the less noisy at the embedded budgets).")]
+    = "val_nll",
     seeds: Annotated[int, typer.Option(min=1, max=MAX_SEEDS, help="Seeds per trial (0..n-1), each paired with "
                                                                    "the baseline's.")] = 2,
     rescore: Annotated[int, typer.Option(min=0, max=MAX_TRIALS, help="Top trials trained on 3 more seeds before "

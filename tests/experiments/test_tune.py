@@ -205,6 +205,18 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_the_default_objective_is_val_nll_and_fid_domain_names_its_own_study(tmp_path):
+    plain = run_main(["tune", "--budget", "quick", "--dry-run", "--json", "--results-dir", str(tmp_path / "r")],
+                     tmp_path)
+    fid = run_main(["tune", "--budget", "quick", "--objective", "fid_domain", "--dry-run", "--json",
+                    "--results-dir", str(tmp_path / "r")], tmp_path)
+    assert plain.code == 0 and fid.code == 0, plain.err + fid.err
+    plain, fid = json.loads(plain.out), json.loads(fid.out)
+    assert (plain["study"], plain["settings"]["metric"]) == ("tune-ema-quick", "val_nll")
+    assert (fid["study"], fid["settings"]["metric"]) == ("tune-ema-quick-fid_domain", "fid_domain")
+    assert not any(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- the objective, with a stand-in for training
 
 BASE_CURVE = {0: {6: 3.5, 12: 3.0}, 1: {6: 3.6, 12: 3.1}}  # the baseline's val_nll per seed and step
