@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             found[arm] = {"commit": commit, "wall": wall, "verdicts": verdicts(report),
                           "breakdown": breakdown(report)}
     old, new = found["old"], found["new"]
-    joined = old["verdicts"].join(new["verdicts"], lsuffix=" (old)", rsuffix=" (new)", how="outer")
+    joined = old["verdicts"].add_suffix(" (old)").join(new["verdicts"].add_suffix(" (new)"), how="outer")
     same = old["verdicts"].fillna("-").sort_index().equals(new["verdicts"].fillna("-").sort_index())
     command = "python benchmarks/side_by_side.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     lines = [f"# Time to a verdict: `reproduce {args.table}`, old commit against new", "",
