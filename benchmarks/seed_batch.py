@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
 from mirai_lab.bench.steps import build_trainer
+from mirai_lab.config import TrainConfig
 from mirai_lab.model.gpt import GPT
 from mirai_lab.runs.provenance import cpu_matrix_extensions, cpu_model
 
@@ -53,16 +54,18 @@ def ntp_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1))
 
 
-def adamw(params: list[torch.Tensor], lr: float = 2e-3) -> torch.optim.AdamW:
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05, foreach=True)
+def adamw(params: list[torch.Tensor], t: TrainConfig) -> torch.optim.AdamW:
+    """The run's AdamW (lr, betas, weight decay), in one group: the trainer's second group (no decay on
+    norms and biases) costs the same elementwise work, and its ndim rule would misplace a stacked bias."""
+    return torch.optim.AdamW(params, lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay, foreach=True)
 
 
 class OneSeed:
     """S models stepped one after the other: what S one-thread processes do per core."""
 
-    def __init__(self, models: list[GPT]) -> None:
-        self.models = models
-        self.opts = [adamw(list(m.parameters())) for m in models]
+    def __init__(self, models: list[GPT], t: TrainConfig) -> None:
+        self.models, self.clip = models, t.grad_clip
+        self.opts = [adamw(list(m.parameters()), t) for m in models]
 
     def grads(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         out = []
@@ -76,20 +79,20 @@ class OneSeed:
         for m, opt in zip(self.models, self.opts, strict=True):
             opt.zero_grad(set_to_none=True)
             ntp_loss(m(x[:, :-1], y)[0], x).backward()
-            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(m.parameters(), self.clip)
             opt.step()
 
 
 class Stacked:
     """The same S models as one vmapped computation over stacked parameters."""
 
-    def __init__(self, models: list[GPT]) -> None:
+    def __init__(self, models: list[GPT], t: TrainConfig) -> None:
         params, buffers = stack_module_state(models)
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         self.buffers = {k: v[0] for k, v in buffers.items()}  # rope: the same for every seed
         self.base = copy.deepcopy(models[0]).to("meta")
-        self.opt = adamw(list(self.params.values()))
-        self.n = len(models)
+        self.opt = adamw(list(self.params.values()), t)
+        self.n, self.clip = len(models), t.grad_clip
 
         def one(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return ntp_loss(functional_call(self.base, (p, self.buffers), (x[:, :-1], y))[0], x)
@@ -110,7 +113,7 @@ class Stacked:
         grads = [p.grad for p in self.params.values()]
         # per-seed global norm over every stacked tensor's slice i, then clip each seed alone
         norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
-        scale = (1.0 / (norms + 1e-6)).clamp(max=1.0)
+        scale = (self.clip / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
         self.opt.step()
@@ -152,7 +155,8 @@ def main() -> None:
         rows = ["| seeds S | one seed, ms per seed-step | stacked, ms per seed-step | stacked / one seed "
                 "| largest relative gradient difference |", "|---|---|---|---|---|"]
         for n in a.seeds:
-            one, stacked = OneSeed(models_for(trainer, n)), Stacked(models_for(trainer, n))
+            t = trainer.cfg.train
+            one, stacked = OneSeed(models_for(trainer, n), t), Stacked(models_for(trainer, n), t)
             x, y = data[0]
             worst = max((ga[k] - gb[k]).abs().max().item() / max(ga[k].abs().max().item(), 1e-30)
                         for ga, gb in zip(one.grads(x, y), stacked.grads(x, y), strict=True) for k in ga)

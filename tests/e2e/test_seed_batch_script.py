@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from mirai_lab.config import TrainConfig
 from mirai_lab.model.gpt import GPT, GPTShape
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "seed_batch.py"
@@ -39,7 +40,8 @@ def test_stacked_gradients_and_updates_equal_one_seed_runs():
     sb = load_script()
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, 16, (4, 9), generator=g), torch.randint(0, 3, (4,), generator=g)
-    one, stacked = sb.OneSeed(models(3)), sb.Stacked(models(3))
+    t = TrainConfig(lr=2e-3, grad_clip=0.5)  # a clip that binds at this scale's gradients
+    one, stacked = sb.OneSeed(models(3), t), sb.Stacked(models(3), t)
     g_one, g_stacked = one.grads(x, y), stacked.grads(x, y)
     for a, b in zip(g_one, g_stacked, strict=True):
         assert a.keys() == b.keys()
