@@ -39,6 +39,7 @@ from mirai_lab.errors import UserError
 from mirai_lab.experiments.spec import SPECS_DIR, axis_spec_path, parse_variant_seeds
 from mirai_lab.foresight.fit import configure
 from mirai_lab.messages import console, one_line, say
+from mirai_lab.metrics import DEFAULT_OBJECTIVE
 from mirai_lab.presets import MODEL_PRESETS
 from mirai_lab.results_dir import bench_dir, cache_dir, reports_dir, results_root, safe_name
 from mirai_lab.runs import tracking
@@ -376,7 +377,7 @@ def tune(
     objective: Annotated[str, typer.Option(help="val_nll | fid_domain: the trial's final value minus the "
                                                 "baseline's, paired by seed and averaged over --seeds "
                                                 "(val_nll: the less noisy at the embedded budgets).")]
-    = "val_nll",
+    = DEFAULT_OBJECTIVE,
     seeds: Annotated[int, typer.Option(min=1, max=MAX_SEEDS, help="Seeds per trial (0..n-1), each paired with "
                                                                    "the baseline's.")] = 2,
     rescore: Annotated[int, typer.Option(min=0, max=MAX_TRIALS, help="Top trials trained on 3 more seeds before "

@@ -103,23 +103,28 @@ def confirmation_plan(manifest: dict[str, Any], variants: list[str], seeds: list
                 raise UserError(f"variant {variant!r} reads the checkpoint of {teacher or 'a run outside the sweep'!r}"
                                 ", which is not the baseline or a row being trained again: confirm them together")
             teachers[variant] = teacher
-    ids: dict[tuple[str, int], str] = {}
-    runs = []
-    for variant in sorted(wanted, key=lambda v: v in teachers):  # teachers' runs get their ids first
-        template = config_from_dict(copy.deepcopy(recorded[variant]["config"]))
+    templates = {}
+    for variant in wanted:
+        templates[variant] = config_from_dict(copy.deepcopy(recorded[variant]["config"]))
         if change is not None:
-            template = change(template)
-        for seed in seeds:
+            templates[variant] = change(templates[variant])
+    made: dict[tuple[str, int], PlannedRun] = {}
+
+    def planned(variant: str, seed: int) -> PlannedRun:
+        """The run of `variant` on `seed`; a static row's reads its teacher's run of the same seed."""
+        if (variant, seed) not in made:
+            template = templates[variant]
             cfg = dataclasses.replace(template, train=dataclasses.replace(template.train, seed=seed))
-            teacher_run = ids[teachers[variant], seed] if variant in teachers else None
-            if teacher_run is not None:
+            teacher_run = None
+            if variant in teachers:
+                teacher_run = planned(teachers[variant], seed).run_id
                 cfg = dataclasses.replace(cfg, foresight=dataclasses.replace(cfg.foresight,
                                                                              static_checkpoint=teacher_run))
-            ids[variant, seed] = run_id_of(cfg)
-            runs.append(PlannedRun(ids[variant, seed], variant, seed, recorded[variant].get("overrides", {}), cfg,
-                                   teacher_run))
-    order = {v: i for i, v in enumerate(wanted)}
-    runs.sort(key=lambda r: order[r.variant])  # stable: the rows in the sweep's order, seeds in theirs
+            made[variant, seed] = PlannedRun(run_id_of(cfg), variant, seed, recorded[variant].get("overrides", {}),
+                                             cfg, teacher_run)
+        return made[variant, seed]
+
+    runs = [planned(variant, seed) for variant in wanted for seed in seeds]  # the sweep's row order
     return Plan(name, budget or manifest["budget"], seeds, list(manifest["axes"]), manifest["baseline"], runs,
                 manifest.get("paper"), {})
 

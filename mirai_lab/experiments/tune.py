@@ -47,7 +47,7 @@ from mirai_lab.experiments.storage import check_storage_reachable, check_storage
 from mirai_lab.experiments.tune_blocks import BLOCKS, block_name, paired_mean
 from mirai_lab.files.digest import content_hash
 from mirai_lab.foresight.fit import configure
-from mirai_lab.metrics import FID, REGISTRY, STOPPING, VAL_NLL
+from mirai_lab.metrics import DEFAULT_OBJECTIVE, FID, REGISTRY, STOPPING, VAL_NLL
 from mirai_lab.results_dir import run_dir, safe_name, studies_dir
 from mirai_lab.runs.identity import run_id_of
 from mirai_lab.runs.lock import claim_run
@@ -79,12 +79,6 @@ SEARCH_FLAGS = {"warmup_frac": "warmup", "schedule": "schedule", "student_block"
 IDENTITY = ("budget", "source", "metric", "seeds", "per_head", "searched", "set")
 
 TrialProgress = Callable[[int, int, int, dict[str, float]], None]  # (seed, step, total steps, curve row)
-
-# val_nll by default: its paired per-seed differences are far less noisy than fid_domain's at the
-# embedded budgets (the committed tables resolve 2 to 5 times more rows on it at the same seeds, and
-# two seeds of one coefficient can differ by more fid_domain points than any effect found), and a
-# best-of-N search picks up whatever noise its objective carries. fid_domain stays one flag away.
-DEFAULT_OBJECTIVE = VAL_NLL
 
 
 @dataclass
